@@ -1,0 +1,45 @@
+# Two commands from a fresh clone:  make repro   (run the pipeline)   and   make test   (run the tests).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= cpu
+export PATH := $(BIN):$(PATH)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install repro test lab bench exercises profile clean-venv
+
+install: $(STAMP)
+
+# torch is pinned to 2.13.0 and installed first so that no other package pulls a different build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (alias-free workbook)"
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp .jupyter-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	touch $@
+
+repro: install
+	dvc repro
+
+test: install
+	python -m pytest -q
+
+lab: install
+	jupyter lab notebooks
+
+bench: install
+	python -m afcore.bench
+
+exercises: install
+	python -m afcore.exercises notebooks student
+
+# make profile PROFILE=gpu   (or cpu, smoke): rewrites params.yaml from profiles/*.yaml
+profile: install
+	python -m afcore.params use $(PROFILE)
+
+clean-venv:
+	rm -rf $(VENV)

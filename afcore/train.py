@@ -1,0 +1,158 @@
+"""The one training loop the workbook uses (Config A-D DDPM, AF-VAE, AF-LDM): accelerate, EMA, resume, progress.
+
+Determinism and resume: batches come from ``get_batch(step)``, a function of the step alone (seed a generator with
+``seed + step`` inside it), so a run interrupted at step k and resumed from its checkpoint sees exactly the batches
+an uninterrupted run would. Under ``accelerate launch`` every process builds the same global batch and keeps its own
+slice, so processes stay in sync without a distributed sampler.
+
+A loss function returns ``(loss, logs)``; anything with several players (a GAN discriminator, say) is one module
+whose loss function routes gradients itself (e.g. a hinge loss on detached fakes), so one optimizer suffices.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from afcore.utils import save_csv
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def _slice_batch(batch, rank: int, world: int):
+    if world == 1:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        if batch.shape[0] % world:
+            raise ValueError(f"batch size {batch.shape[0]} is not divisible by the {world} processes")
+        return batch.chunk(world)[rank]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_slice_batch(b, rank, world) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _slice_batch(v, rank, world) for k, v in batch.items()}
+    return batch
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_loop(
+    model: nn.Module,
+    loss_fn: Callable,
+    get_batch: Callable[[int], object],
+    *,
+    steps: int,
+    lr: float,
+    ckpt_dir: str | Path,
+    ckpt_every: int = 0,
+    ema_decay: float | None = None,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    device: str = "cpu",
+    resume: bool = True,
+    log_csv: str | Path | None = None,
+    desc: str = "train",
+    stop_after: int | None = None,
+):
+    """Train ``model`` for ``steps`` optimizer steps; returns ``(model, ema_model_or_None, history)``.
+
+    ``loss_fn(model, batch, step) -> (loss, logs: dict of floats)``. Checkpoints go to ``ckpt_dir/last.pt`` every
+    ``ckpt_every`` steps and at the end; with ``resume`` a run continues from there. ``stop_after`` ends the run
+    early at that step (tests use it to simulate an interruption).
+    """
+    from accelerate import Accelerator
+
+    if steps < 0 or lr <= 0:
+        raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    accelerator = Accelerator(cpu=not str(device).startswith("cuda"))
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_path = ckpt_dir / "last.pt"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    ema = EMA(model, ema_decay) if ema_decay else None
+    start, history = 0, []
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.model.load_state_dict(state["ema"])
+        start, history = state["step"], state["history"]
+        accelerator.print(f"[{desc}] resumed from {ckpt_path} at step {start}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if ema is not None:
+        ema.model.to(accelerator.device)
+
+    def checkpoint(step):
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            _save_atomic({
+                "model": accelerator.unwrap_model(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.model.state_dict() if ema is not None else None,
+                "step": step,
+                "history": history,
+            }, ckpt_path)
+
+    model.train()
+    end = steps if stop_after is None else min(steps, stop_after)
+    bar = tqdm(range(start, end), desc=desc, initial=start, total=steps,
+               disable=not accelerator.is_main_process, mininterval=2.0)
+    for step in bar:
+        t0 = time.perf_counter()
+        batch = _slice_batch(get_batch(step), accelerator.process_index, accelerator.num_processes)
+        batch = _to_device(batch, accelerator.device)
+        loss, logs = loss_fn(model, batch, step)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
+        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+        row = {"step": step + 1, "loss": loss_value, **{k: float(v) for k, v in (logs or {}).items()},
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < end:
+            checkpoint(step + 1)
+    checkpoint(end)
+    if log_csv and history and accelerator.is_main_process:
+        save_csv(history, log_csv)
+    model = accelerator.unwrap_model(model).eval()
+    return model, (ema.model if ema is not None else None), history
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch

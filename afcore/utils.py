@@ -1,0 +1,122 @@
+"""Small helpers every notebook uses: seeding, device choice, atomic writes of metrics and figures."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
+    """Seed python, numpy and torch (and cudnn), so CPU reruns with the same params give the same numbers."""
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' takes CUDA when present; 'cpu' and 'cuda' are taken literally."""
+    allowed = ("auto", "cpu", "cuda")
+    if device not in allowed and not device.startswith("cuda:"):
+        raise ValueError(f"device must be one of {allowed} (or 'cuda:N'), got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.detach().cpu().tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def save_json(data: dict, path: str | Path) -> Path:
+    """Write metrics as JSON atomically (temporary file, then rename), numbers rounded for readable diffs."""
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"
+
+    def write(tmp):
+        Path(tmp).write_text(text)
+
+    return _atomic_write(Path(path), write)
+
+
+def save_csv(rows: list[dict], path: str | Path) -> Path:
+    """Write a list of flat dicts as CSV atomically (DVC plots read these)."""
+    if not rows:
+        raise ValueError(f"save_csv({path}): no rows to write")
+    columns = list(rows[0].keys())
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(",".join(columns) + "\n")
+            for row in rows:
+                fh.write(",".join(str(_jsonable(row[c])) for c in columns) + "\n")
+
+    return _atomic_write(Path(path), write)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (PNG) without closing it, so the notebook still shows it inline."""
+    path = Path(path)
+
+    def write(tmp):
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+
+    return _atomic_write(path, write)
+
+
+def save_gif(frames, path: str | Path, fps: int = 8) -> Path:
+    """Save a list of HxW or HxWx3 arrays in [0, 1] (or uint8) as a looping GIF, atomically."""
+    import imageio.v2 as imageio
+
+    arrays = []
+    for f in frames:
+        a = np.asarray(f)
+        if a.dtype != np.uint8:
+            a = (np.clip(a, 0.0, 1.0) * 255).round().astype(np.uint8)
+        arrays.append(a)
+
+    def write(tmp):
+        imageio.mimsave(tmp, arrays, format="GIF", duration=1.0 / fps, loop=0)
+
+    return _atomic_write(Path(path), write)

@@ -131,7 +131,7 @@ def load(path: str | Path | None = None, root: Path = REPO_ROOT) -> dict:
 
 def render(params: dict) -> str:
     profile = params.get("base", {}).get("profile", "cpu")
-    return HEADER.format(profile=profile) + yaml.safe_dump(params, sort_keys=False, default_flow_style=None)
+    return HEADER.format(profile=profile) + yaml.safe_dump(params, sort_keys=False, default_flow_style=False)
 
 
 def use(profile: str, root: Path = REPO_ROOT, path: str | Path | None = None) -> Path:

@@ -1,0 +1,127 @@
+"""Project-level checks: packaging in sync, notebooks well-formed, params validation, stage parameter names."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from afcore import params as P
+from afcore.exercises import strip_solutions
+from afcore.run import parameter_names, stage_parameters
+from afcore.utils import REPO_ROOT
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.py"))
+
+
+def _requirement_names(specs):
+    return {re.split(r"[=<>!~\[ ]", s.strip(), maxsplit=1)[0].lower(): s.strip().replace(" ", "") for s in specs}
+
+
+def test_environment_yml_and_pyproject_list_the_same_packages():
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pip = [p for p in pip if not p.startswith("-e")]
+    assert _requirement_names(project) == _requirement_names(pip)
+    assert _requirement_names(project)["torch"] == "torch==2.13.0"
+
+
+def test_every_notebook_has_one_literal_parameters_cell_and_no_outputs():
+    assert NOTEBOOKS, "no notebooks found"
+    for nb in NOTEBOOKS:
+        names = parameter_names(nb)  # raises unless exactly one cell, literals only
+        assert {"profile", "seed", "device"} <= set(names), f"{nb.name}: base parameters missing"
+    # The .py sources cannot hold outputs; executed notebooks must never be committed either.
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert tracked.returncode != 0 or tracked.stdout.strip() == "", f"tracked notebooks: {tracked.stdout}"
+
+
+def _stages():
+    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _expand(stage: dict) -> list[dict]:
+    """foreach/matrix stages -> their command strings are templated; names come from --params anyway."""
+    return [stage.get("do", stage)]
+
+
+def test_every_stage_passes_only_names_its_notebook_declares():
+    params = P.load()
+    checked = 0
+    for name, stage in _stages().items():
+        for body in _expand(stage):
+            cmd = body["cmd"] if isinstance(body["cmd"], str) else " ".join(body["cmd"])
+            m = re.search(r"afcore\.run\s+(\S+)\s+--params\s+(\S+)", cmd)
+            assert m, f"stage {name}: cmd must run a notebook through afcore.run: {cmd}"
+            notebook, spec = m.groups()
+            passed = set(stage_parameters(spec, params))
+            declared = set(parameter_names(REPO_ROOT / notebook))
+            assert passed <= declared, f"stage {name}: {sorted(passed - declared)} not in {notebook}'s parameters"
+            checked += 1
+    assert checked >= 4
+
+
+def test_committed_params_yaml_is_the_cpu_profile():
+    assert P.load() == P.build("cpu")
+
+
+def test_profiles_build_and_validate():
+    for profile in P.PROFILES:
+        built = P.build(profile)
+        assert built["base"]["profile"] == profile
+
+
+def test_params_validation_names_the_bad_key(tmp_path):
+    good = P.build("cpu")
+    bad = yaml.safe_load(yaml.safe_dump(good))
+    bad["base"]["sed"] = 1
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(P.ParamsError, match=r"base\.sed: unknown key"):
+        P.load(path)
+    bad = yaml.safe_load(yaml.safe_dump(good))
+    bad["base"]["seed"] = "zero"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(P.ParamsError, match=r"base\.seed: expected int"):
+        P.load(path)
+    with pytest.raises(P.ParamsError, match="unknown profile"):
+        P.build("laptop")
+
+
+def test_stage_parameters_rejects_unknown_sections():
+    with pytest.raises(P.ParamsError, match="unknown section"):
+        stage_parameters("base,nope", P.load())
+
+
+def test_exercise_copies_strip_solution_cells(tmp_path):
+    import jupytext
+
+    src = tmp_path / "nb"
+    src.mkdir()
+    (src / "99_demo.py").write_text(
+        '# %% tags=["parameters"]\nseed = 0\n\n# %% [markdown]\n# Exercise 1\n\n'
+        '# %% tags=["solution"]\nanswer = 42\n\n# %%\nprint("kept")\n'
+    )
+    nb = jupytext.read(src / "99_demo.py")
+    student, removed = strip_solutions(nb)
+    assert removed == 1
+    sources = [c.source for c in student.cells]
+    assert "answer = 42" not in "\n".join(sources) and 'print("kept")' in sources
+    from afcore.exercises import write_student_copies
+
+    assert write_student_copies(src, tmp_path / "student") == {"99_demo": 1}
+    assert "answer = 42" not in (tmp_path / "student" / "99_demo.ipynb").read_text()
+
+
+def test_theory_notebooks_have_exercises_with_solutions():
+    for stem in ("00_", "01_", "02_", "03_"):
+        nb = next((p for p in NOTEBOOKS if p.name.startswith(stem)), None)
+        assert nb is not None, f"theory notebook {stem}* missing"
+        assert nb.read_text().count('tags=["solution"]') >= 2, f"{nb.name}: needs 2-3 exercises with solutions"

@@ -1,0 +1,82 @@
+"""Parameter-free alias-free building blocks: filtered nonlinearity, alias-free down- and up-sampling.
+
+Taught by notebooks 02_resampling_and_nonlinearity and 03_equivariance; used by the Config A-D U-Nets and the
+module surgery that makes diffusers models alias-free. Filters are non-persistent buffers: a model patched with
+these layers has exactly the parameters and state-dict keys of the unpatched one.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from afcore import signal
+
+METHODS = ("ideal", "kaiser")
+
+
+class _Resampler(nn.Module):
+    """Shared filter settings of the alias-free layers (``method`` ideal FFT or Kaiser FIR)."""
+
+    def __init__(self, factor: int = 2, method: str = "ideal", numtaps: int | None = None, beta: float = 8.0,
+                 radial: bool = False, normalize: bool = True, padding: str = "circular"):
+        super().__init__()
+        signal._check_choice(method, METHODS, "method")
+        signal._check_factor(factor)
+        self.factor, self.method, self.padding = factor, method, padding
+        self.numtaps, self.beta, self.radial, self.normalize = numtaps, beta, radial, normalize
+        if method == "kaiser":
+            taps = signal._kaiser_taps(factor, numtaps, beta, radial, normalize)
+            self.register_buffer("taps", taps, persistent=False)
+
+    def lowpass(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "ideal":
+            return signal.ideal_lowpass(x, 1.0 / self.factor)
+        return signal.fir_filter(x, self.taps.to(x.dtype), padding=self.padding)
+
+    def extra_repr(self) -> str:
+        extra = f", numtaps={self.taps.shape[-1]}, beta={self.beta}, radial={self.radial}" if self.method == "kaiser" else ""
+        return f"factor={self.factor}, method={self.method!r}{extra}"
+
+
+class AliasFreeDownsample(_Resampler):
+    """Low-pass at 1/factor of Nyquist, then keep every factor-th sample (replaces max-pool / strided conv).
+
+    Anjum et al.'s Config B uses ``method="kaiser", radial=True, numtaps=3, beta in {0, 1, 2}``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % self.factor or w % self.factor:
+            raise ValueError(f"input size {(h, w)} must be divisible by factor={self.factor}")
+        return self.lowpass(x)[..., ::self.factor, ::self.factor]
+
+
+class AliasFreeUpsample(_Resampler):
+    """Zero insertion, low-pass at 1/factor, gain factor**2 (replaces bilinear / nearest up-sampling).
+
+    The gain keeps the signal's amplitude; the reference code of Anjum et al. omits it (its output mean drops to
+    1/4), which a following GroupNorm partly hides.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        z = x.new_zeros(*x.shape[:-2], h * self.factor, w * self.factor)
+        z[..., ::self.factor, ::self.factor] = x
+        return self.lowpass(z) * self.factor**2
+
+
+class FilteredActivation(nn.Module):
+    """Alias-free pointwise nonlinearity: up-sample by ``up``, apply ``act``, low-pass, down-sample.
+
+    The nonlinearity creates harmonics above the input's band; evaluating it at ``up`` times the rate gives them
+    room, and the low-pass removes them before returning to the input grid (StyleGAN3, AF-LDM).
+    """
+
+    def __init__(self, act: nn.Module | None = None, up: int = 2, method: str = "ideal", **filter_kwargs):
+        super().__init__()
+        self.act = act if act is not None else nn.SiLU()
+        self.up_layer = AliasFreeUpsample(up, method, **filter_kwargs)
+        self.down_layer = AliasFreeDownsample(up, method, **filter_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_layer(self.act(self.up_layer(x)))

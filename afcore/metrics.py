@@ -1,0 +1,116 @@
+"""Image-quality and equivariance metrics: PSNR, SPSNR, EQ-T, EQ-T_frac, EQ-R.
+
+Taught by notebook 03_equivariance. Conventions (state them with every table):
+- images live in [-1, 1], so PSNR's peak is 2 (``peak=2.0``, StyleGAN3's convention);
+- masked PSNR pools the squared error over every masked pixel of the whole batch: MSE = sum(mask * err^2) /
+  sum(mask) (the mask broadcast over batch and channels), PSNR = 20 log10(peak) - 10 log10(MSE);
+- shifts are (dy, dx) pixels, positive toward larger indices; cropped shifts zero-fill and mask the border.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from afcore import signal
+
+PEAK = 2.0
+
+
+def mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, per_sample: bool = False):
+    """Pooled (or per-sample, over all but the first dim) mean squared error inside ``mask``."""
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    err = (a - b).to(torch.float64) ** 2
+    m = torch.ones_like(err) if mask is None else mask.to(torch.float64).expand_as(err)
+    if per_sample:
+        dims = tuple(range(1, err.ndim))
+        return (err * m).sum(dims) / m.sum(dims).clamp(min=1e-12)
+    total = m.sum()
+    if total <= 0:
+        raise ValueError("mask selects no pixels")
+    return (err * m).sum() / total
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, peak: float = PEAK,
+         per_sample: bool = False) -> torch.Tensor:
+    """PSNR in dB: 20 log10(peak) - 10 log10(MSE), MSE pooled over the mask (DESIGN.md)."""
+    if peak <= 0:
+        raise ValueError(f"peak must be > 0, got {peak!r}")
+    return 20 * math.log10(peak) - 10 * torch.log10(mse(a, b, mask, per_sample).clamp(min=1e-20))
+
+
+def spsnr(f: Callable, x: torch.Tensor, shift, scale: float = 1.0, peak: float = PEAK,
+          mode: str = "crop", fx: torch.Tensor | None = None) -> torch.Tensor:
+    """Shift PSNR (AF-LDM): PSNR( f(T_d x), T_{s d} f(x) ) over the valid region of both shifts.
+
+    ``scale`` is f's output/input size ratio (VAE encoder 1/8, decoder 8, U-Net 1). ``mode="crop"`` (default)
+    zero-fills and masks the border on both sides; ``mode="circular"`` uses circular Fourier shifts and no mask
+    (for circularly padded or FFT-based models). Pass ``fx`` to reuse f(x).
+    """
+    d = signal._check_shift(shift)
+    shifted_in, _ = signal.shift(x, d, mode=mode)
+    out_shifted = f(shifted_in)
+    fx = f(x) if fx is None else fx
+    ds = (d[0] * scale, d[1] * scale)
+    target, mask = signal.shift(fx, ds, mode=mode)
+    if mode == "crop":
+        # the input's invalid border maps to a scaled border in the output
+        mask = mask * signal.valid_mask(fx.shape[-2:], ds, fx.device).to(mask.dtype)
+    return psnr(out_shifted * mask, target, mask, peak)
+
+
+def _random_shift(size, fraction: float, generator: torch.Generator | None, integer: bool):
+    h, w = size
+    u = torch.rand(2, generator=generator, dtype=torch.float64) * 2 - 1
+    d = (float(u[0]) * fraction * h, float(u[1]) * fraction * w)
+    return (round(d[0]), round(d[1])) if integer else d
+
+
+def eq_t(f: Callable, x: torch.Tensor, n: int = 8, fraction: float = 0.125, peak: float = PEAK,
+         generator: torch.Generator | None = None) -> float:
+    """StyleGAN3's EQ-T: integer shifts d ~ U[-fraction, fraction] of the size (rounded), zero fill, valid mask;
+    PSNR between f(T_d x) and T_d f(x), pooled over ``n`` random shifts. Returns dB."""
+    return _eq_shift(f, x, n, fraction, peak, generator, integer=True)
+
+
+def eq_t_frac(f: Callable, x: torch.Tensor, n: int = 8, fraction: float = 0.125, peak: float = PEAK,
+              generator: torch.Generator | None = None) -> float:
+    """EQ-T_frac: as EQ-T with unrounded (fractional) shifts; the input is shifted by the band-limited Fourier shift
+    and the output target by Lanczos-3 (StyleGAN3's reference interpolation), with cropped valid masks."""
+    return _eq_shift(f, x, n, fraction, peak, generator, integer=False)
+
+
+def _eq_shift(f, x, n, fraction, peak, generator, integer):
+    errs = []
+    fx = f(x)
+    scale = fx.shape[-1] / x.shape[-1]
+    for _ in range(n):
+        d = _random_shift(x.shape[-2:], fraction, generator, integer)
+        xs, _ = signal.shift(x, d, mode="crop")
+        ds = (d[0] * scale, d[1] * scale)
+        if integer:
+            target, mask = signal.shift(fx, ds, mode="crop")
+        else:
+            mask = signal.valid_mask(fx.shape[-2:], ds, fx.device).to(fx.dtype)
+            target = signal.lanczos_shift(fx, ds) * mask
+        mask = mask * signal.valid_mask(fx.shape[-2:], ds, fx.device).to(mask.dtype)
+        errs.append(mse(f(xs) * mask, target * mask, mask))
+    return _db(torch.stack(errs).mean(), peak)
+
+
+def _db(err: torch.Tensor, peak: float) -> float:
+    return float(20 * math.log10(peak) - 10 * torch.log10(err.clamp(min=1e-20)))
+
+
+def eq_r(f: Callable, x: torch.Tensor, n: int = 8, peak: float = PEAK, angles=None,
+         generator: torch.Generator | None = None) -> float:
+    """EQ-R: angles ~ U[-180, 180] degrees (or the given list), band-limited (Fourier) rotation of the input and
+    of the output target, PSNR inside the inscribed circle pooled over the angles. Returns dB."""
+    if angles is None:
+        angles = ((torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * 180).tolist()
+    fx = f(x)
+    mask = signal.inscribed_circle_mask(*fx.shape[-2:], margin=1.0).to(fx.dtype).to(fx.device)
+    errs = [mse(f(signal.rotate(x, a)) * mask, signal.rotate(fx, a) * mask, mask) for a in angles]
+    return _db(torch.stack(errs).mean(), peak)

@@ -7,6 +7,7 @@ these layers has exactly the parameters and state-dict keys of the unpatched one
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from afcore import signal
@@ -33,6 +34,46 @@ class _Resampler(nn.Module):
             return signal.ideal_lowpass(x, 1.0 / self.factor)
         return signal.fir_filter(x, self.taps.to(x.dtype), padding=self.padding)
 
+    def _kernel_2d(self, x: torch.Tensor) -> torch.Tensor:
+        taps = self.taps.to(device=x.device, dtype=x.dtype)
+        return torch.outer(taps, taps) if taps.ndim == 1 else taps
+
+    def _pad(self, x: torch.Tensor, half: int) -> torch.Tensor:
+        if self.padding == "circular":
+            return F.pad(x, (half,) * 4, mode="circular")
+        return F.pad(x, (half,) * 4)
+
+    def fir_down(self, x: torch.Tensor) -> torch.Tensor:
+        """Filter and keep every factor-th sample in one strided depthwise convolution (same result)."""
+        k = self._kernel_2d(x).flip(0, 1)
+        half = k.shape[-1] // 2
+        lead, (h, w) = x.shape[:-2], x.shape[-2:]
+        flat = x.reshape(1, -1, h, w)
+        c = flat.shape[1]
+        out = F.conv2d(self._pad(flat, half), k.expand(c, 1, *k.shape), stride=self.factor, groups=c)
+        return out.reshape(*lead, *out.shape[-2:])
+
+    def fir_up(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero insertion + filter as one transposed depthwise convolution (polyphase; same result)."""
+        k = self._kernel_2d(x)
+        f, n = self.factor, k.shape[-1]
+        half = n // 2
+        lead, (h, w) = x.shape[:-2], x.shape[-2:]
+        flat = x.reshape(1, -1, h, w)
+        c = flat.shape[1]
+        if self.padding == "circular":
+            # wrap enough input samples so the scattered taps cover the borders, then crop the centre
+            m = -(-half // f)
+            flat = F.pad(flat, (m,) * 4, mode="circular")
+            out = F.conv_transpose2d(flat, k.expand(c, 1, n, n), stride=f, groups=c)
+            start = m * f + half
+            out = out[..., start:start + h * f, start:start + w * f]
+        else:
+            out = F.conv_transpose2d(flat, k.expand(c, 1, n, n), stride=f, padding=half, groups=c,
+                                     output_padding=f - 1 - (n - 1 - 2 * half))
+            out = out[..., :h * f, :w * f]
+        return out.reshape(*lead, h * f, w * f)
+
     def extra_repr(self) -> str:
         extra = f", numtaps={self.taps.shape[-1]}, beta={self.beta}, radial={self.radial}" if self.method == "kaiser" else ""
         return f"factor={self.factor}, method={self.method!r}{extra}"
@@ -48,6 +89,8 @@ class AliasFreeDownsample(_Resampler):
         h, w = x.shape[-2:]
         if h % self.factor or w % self.factor:
             raise ValueError(f"input size {(h, w)} must be divisible by factor={self.factor}")
+        if self.method == "kaiser":
+            return self.fir_down(x)
         return self.lowpass(x)[..., ::self.factor, ::self.factor]
 
 
@@ -59,6 +102,8 @@ class AliasFreeUpsample(_Resampler):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "kaiser":
+            return self.fir_up(x) * self.factor**2
         h, w = x.shape[-2:]
         z = x.new_zeros(*x.shape[:-2], h * self.factor, w * self.factor)
         z[..., ::self.factor, ::self.factor] = x

@@ -81,3 +81,15 @@ def test_ideal_alias_free_downsample_layer_is_exactly_equivariant():
     layer = L.AliasFreeDownsample(2, "ideal")
     d = (0.75, -1.5)
     torch.testing.assert_close(layer(S.fourier_shift(x, d)), S.fourier_shift(layer(x), (d[0] / 2, d[1] / 2)))
+
+
+@pytest.mark.parametrize("radial", [True, False])
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+@pytest.mark.parametrize("numtaps", [3, 7])
+def test_polyphase_kaiser_layers_equal_the_filter_then_resample_definition(radial, padding, numtaps):
+    x = torch.randn(2, 3, 8, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kw = dict(numtaps=numtaps, beta=1.0, radial=radial, padding=padding)
+    down = L.AliasFreeDownsample(2, "kaiser", **kw)
+    up = L.AliasFreeUpsample(2, "kaiser", **kw)
+    torch.testing.assert_close(down(x), S.downsample(x, 2, method="kaiser", impl="ref", **kw))
+    torch.testing.assert_close(up(x), S.upsample(x, 2, method="kaiser", impl="ref", **kw))

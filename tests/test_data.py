@@ -1,0 +1,105 @@
+"""Data sets without network (afcore.data): shapes, ranges, determinism, MNIST-M construction, hub loader errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from afcore import data
+
+
+def test_natural_images_are_rgb_unit_range():
+    images = data.natural_images(("astronaut", "camera", "brick"))
+    assert len(images) == 3
+    for img in images:
+        assert img.ndim == 3 and img.shape[-1] == 3
+        assert img.min() >= 0.0 and img.max() <= 1.0
+    with pytest.raises(ValueError, match="names"):
+        data.natural_images(("no_such_photo",))
+
+
+def test_random_crops_shape_range_and_seed():
+    a = data.random_crops(8, 16, seed=3)
+    b = data.random_crops(8, 16, seed=3)
+    c = data.random_crops(8, 16, seed=4)
+    assert a.shape == (8, 3, 16, 16) and a.dtype == torch.float32
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError):
+        data.random_crops(0, 16)
+
+
+def test_embedded_mnist_padded_to_32():
+    x, y = data.mnist(n=50)
+    assert x.shape == (50, 1, 32, 32) and y.shape == (50,)
+    assert x.min() == -1 and x.max() <= 1
+    # padding of 2 pixels on every side is background
+    assert torch.all(x[..., :2, :] == -1) and torch.all(x[..., :, -2:] == -1)
+    assert set(y.tolist()) <= set(range(10))
+    with pytest.raises(ValueError, match="source"):
+        data.mnist(source="internet")
+
+
+def test_mnist_m_is_abs_difference_of_patch_and_digit():
+    x, _ = data.mnist(n=6)
+    m = data.mnist_m(x, seed=1)
+    assert m.shape == (6, 3, 32, 32) and m.min() >= -1 and m.max() <= 1
+    patches = (data.random_crops(6, 32, seed=1, scale_range=(0.1, 0.5)) + 1) / 2
+    expected = (patches - (x + 1) / 2).abs() * 2 - 1
+    assert torch.allclose(m, expected)
+    # where the digit is background (0), MNIST-M is the patch itself; where it is ink (1), the inverted patch
+    bg = (x == -1).expand_as(m)
+    assert torch.allclose(m[bg], (patches * 2 - 1)[bg])
+    assert torch.equal(m, data.mnist_m(x, seed=1))
+    with pytest.raises(ValueError):
+        data.mnist_m(torch.zeros(2, 3, 32, 32))
+
+
+def test_split_is_a_seeded_partition():
+    x = torch.arange(20.0).view(20, 1, 1, 1)
+    y = torch.arange(20)
+    parts = data.split(x, y, 0.25, seed=0)
+    assert len(parts["test"]) == 5 and len(parts["train"]) == 15
+    assert sorted(parts["train"].flatten().tolist() + parts["test"].flatten().tolist()) == list(range(20))
+    assert torch.equal(parts["train"].flatten().long(), parts["train_labels"])
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.split(x, y, 1.5, seed=0)
+
+
+def test_checksum_and_load_prepared_errors(tmp_path):
+    t = torch.ones(3, 2)
+    assert data.checksum(t) == data.checksum(t.clone()) != data.checksum(t * 2)
+    with pytest.raises(ValueError, match="dataset"):
+        data.load_prepared("imagenet", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="data stage"):
+        data.load_prepared("mnist", root=tmp_path)
+
+
+def test_hub_loader_reads_a_local_saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    ds = datasets.Dataset.from_dict({"image": [im for im in imgs], "label": [0, 1, 2, 3]})
+    ds.save_to_disk(str(tmp_path / "mnist_local"))
+    images, labels = data._from_hub("mnist", "image", "label", path=str(tmp_path / "mnist_local"))
+    assert images.shape == (4, 1, 28, 28) and labels.tolist() == [0, 1, 2, 3]
+    assert torch.allclose(images[0, 0], torch.from_numpy(imgs[0]).float() / 255)
+
+
+def test_hub_offline_gives_a_clear_message():
+    code = ("from afcore import data\n"
+            "try:\n    data.mnist(source='hub')\nexcept data.HubUnavailable as e:\n    print('MSG', e)\n")
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=os.devnull + "_none")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert "MSG" in out.stdout, out.stderr[-2000:]
+    assert "source='embedded'" in out.stdout and "natural32" in out.stdout
+    with pytest.raises(ValueError, match="natural32"):
+        data.cifar10(source="embedded")
+
+
+def test_small_mnist_subsets_hold_every_class():
+    _, y = data.mnist(n=100)
+    assert len(set(y.tolist())) == 10

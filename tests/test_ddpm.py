@@ -1,0 +1,99 @@
+"""Config A-E U-Nets: parameter-free alias-free variants, named configs, resume, rotation, two processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from afcore import ddpm, metrics, signal
+from afcore.train import train_loop
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_every_paper_config_builds_runs_and_adds_no_parameters():
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    base = _count(ddpm.ConfigUNet("A", in_channels=3, base=8, levels=2))
+    for name in ddpm.PAPER_CONFIGS:
+        model = ddpm.ConfigUNet(name, in_channels=3, base=8, levels=2)
+        assert _count(model) == base, name
+        assert model(x, t).shape == x.shape
+    cfg = ddpm.parse_config("D-2N")
+    assert cfg == {"resample": True, "activation": True, "beta": 2.0, "normalize": True}
+
+
+def test_unknown_config_name_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"config must be one of .*'A', 'B-0'"):
+        ddpm.ConfigUNet("E-3")
+
+
+def test_alias_free_unet_is_more_shift_consistent_at_init():
+    torch.manual_seed(0)
+    x = signal.ideal_lowpass(torch.randn(4, 1, 32, 32), 0.5)
+    t = torch.full((4,), 500)
+    scores = {}
+    for name in ("A", "D-1N"):
+        torch.manual_seed(1)
+        model = ddpm.ConfigUNet(name, in_channels=1, base=8, levels=2, attention=False).eval()
+        with torch.no_grad():
+            scores[name] = float(metrics.spsnr(lambda z: model(z, t), x, (0.0, 0.5)))
+    assert scores["D-1N"] > scores["A"], scores
+
+
+def test_rotation_by_zero_is_the_plain_sampler_and_phi_rotates_the_result():
+    class ZeroEps(torch.nn.Module):  # a pointwise (hence rotation-equivariant) denoiser
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    blob = torch.exp(-(((yy - 12) / 3) ** 2 + ((xx - 19) / 2) ** 2))[None, None] * 0.8
+    plain = ddpm.sample(ZeroEps(), blob, steps=4)
+    assert torch.equal(ddpm.sample(ZeroEps(), blob, steps=4, rotate_to=0.0), plain)
+    rotated = ddpm.sample(ZeroEps(), blob, steps=4, rotate_to=90.0)
+    mask = signal.inscribed_circle_mask(32, 32, margin=2)
+    assert metrics.psnr(rotated * mask, torch.rot90(plain, 1, (-2, -1)) * mask, mask) > 40
+
+
+def test_unet_training_resumes_to_the_same_weights(tmp_path):
+    scheduler = ddpm.make_scheduler()
+    data = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def get_batch(step):
+        return data[torch.randint(0, 8, (4,), generator=torch.Generator().manual_seed(step))]
+
+    def loss_fn(m, x0, step):
+        return ddpm.ddpm_loss(m, x0, scheduler, torch.Generator().manual_seed(1000 + step)), {}
+
+    def fresh():
+        torch.manual_seed(0)
+        return ddpm.ConfigUNet("B-1N", in_channels=1, base=8, levels=1, attention=False)
+
+    full, _, _ = train_loop(fresh(), loss_fn, get_batch, steps=4, lr=1e-3, ckpt_dir=tmp_path / "a")
+    train_loop(fresh(), loss_fn, get_batch, steps=4, lr=1e-3, ckpt_dir=tmp_path / "b", ckpt_every=1, stop_after=2)
+    resumed, _, _ = train_loop(fresh(), loss_fn, get_batch, steps=4, lr=1e-3, ckpt_dir=tmp_path / "b")
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_stay_in_sync(tmp_path):
+    # accelerate's own CPU multi-process launcher needs MPI; torchrun (which accelerate wraps for GPUs) starts the
+    # same gloo process group that Accelerator(cpu=True) joins.
+    launcher = Path(sys.executable).parent / "torchrun"
+    script = Path(__file__).parent / "two_process_train.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
+    cmd = [str(launcher), "--nproc_per_node", "2", "--master_port", "29517", str(script), str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    torch.testing.assert_close(r0["params"], r1["params"], rtol=0, atol=0)
+    torch.manual_seed(0)
+    init = torch.cat([p.flatten() for p in ddpm.ConfigUNet("D-1N", 1, base=8, levels=1, attention=False).parameters()])
+    assert not torch.equal(init, r0["params"])

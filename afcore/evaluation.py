@@ -10,7 +10,7 @@ API (used by 11_classifier, the Config A-E evaluation and AF-LDM):
   ``FID[<f>]``, ``KIDx100[<f>]``, ``KIDx100_std[<f>]`` where ``<f>`` is ``clf-<tag>``, ``rand-<tag>`` or
   ``inception``. Images are float (N, C, 32, 32) in [-1, 1]. ``quality_metrics`` is the same with a classifier.
 - ``inception_available()`` -> (bool, reason): torch-fidelity installed and its FID weights cached locally.
-- ``DigitClassifier`` (features 64-d, logits 10), ``random_features(in_channels, seed)`` (a frozen random CNN,
+- ``DigitClassifier`` (features 64-d, logits 10), ``calibrate_batchnorm(model, images)``, ``random_features(in_channels, seed)`` (a frozen random CNN,
   the honest choice for the unlabelled natural32 stand-in), ``load_classifier(path)``, ``save_classifier``,
   ``accuracy``, ``classifier_loss`` (for ``afcore.train.train_loop``).
 """
@@ -134,17 +134,30 @@ def random_features(in_channels: int = 3, seed: int = 0, calibrate: torch.Tensor
     model = DigitClassifier(in_channels)
     torch.random.set_rng_state(gen_state)
     if calibrate is not None:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None  # cumulative moving average over the calibration batches
-        model.train()
-        with torch.no_grad():
-            for i in range(0, len(calibrate), 500):
-                model.body(calibrate[i:i + 500].float())
+        calibrate_batchnorm(model, calibrate)
     for p in model.parameters():
         p.requires_grad_(False)
     model.feature_kind = "rand"
+    return model.eval()
+
+
+def calibrate_batchnorm(model: DigitClassifier, images: torch.Tensor, batch: int = 500) -> DigitClassifier:
+    """Recompute every BatchNorm's running statistics as the exact average over ``images`` (weights unchanged).
+
+    Used after training (the momentum-averaged statistics of a short run lag behind the weights) and for the random
+    features. Returns the model in eval mode.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            model.body(images[i:i + batch].float())
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.1
     return model.eval()
 
 

@@ -64,7 +64,9 @@ for name in classifier_datasets:
     model, _, history = train_loop(evaluation.DigitClassifier(train_x.shape[1]), evaluation.classifier_loss,
                                    get_batch, steps=classifier_steps, lr=classifier_lr, ckpt_dir=ckpt_dir,
                                    device=str(dev), desc=f"classifier {name}")
-    evaluation.save_classifier(model.cpu(), f"checkpoints/classifier/{name}.pt")
+    # a short run's momentum-averaged BatchNorm statistics lag behind the weights: recompute them exactly
+    model = evaluation.calibrate_batchnorm(model.cpu(), train_x)
+    evaluation.save_classifier(model, f"checkpoints/classifier/{name}.pt")
     acc = evaluation.accuracy(model.cpu(), prepared["test"], prepared["test_labels"])
     results[name] = {"test_accuracy": acc, "test_images": int(len(prepared["test"]))}
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], label=f"{name} (test acc {acc:.3f})")

@@ -1,0 +1,135 @@
+"""Equivariant (cross-frame) attention for diffusers U-Nets (taught in notebooks/30_af_ldm.py).
+
+AF-LDM (Sec. 3.4) makes self-attention shift-equivariant by anchoring keys and values on a
+*reference* pass: the reference pass stores every self-attention layer's input (per layer and per
+call, i.e. per timestep of a sampling loop); a later pass on a shifted/warped input takes its
+queries from the current input but its keys/values from the stored reference.  Because softmax
+attention with fixed keys/values acts query-by-query, a spatial permutation of the queries
+permutes the output exactly (GroupNorm statistics are permutation invariant).
+
+Usage::
+
+    with EquivariantAttention(unet) as eq:
+        eq.record()            # reference pass: stores inputs, plain attention
+        ref = unet(x, t).sample
+        eq.use()               # later passes: queries from input, K/V from the reference
+        out = unet(shift(x), t).sample
+
+Works for UNet2DModel and UNet2DConditionModel: cross-attention (encoder_hidden_states given,
+e.g. text) is computed by the plain processor, untouched.  Batches: the reference batch is
+matched index by index, so a classifier-free-guidance batch [uncond..., cond...] uses its own
+reference half; a reference batch of 1 is broadcast.  The original processors are restored on exit.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor
+
+__all__ = ["EquivariantAttention", "CrossFrameAttnProcessor"]
+
+
+class CrossFrameAttnProcessor:
+    """Attention processor sharing a state dict with :class:`EquivariantAttention`."""
+
+    def __init__(self, name: str, state: dict):
+        self.name = name
+        self.state = state
+        self.plain = AttnProcessor()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        mode = self.state["mode"]
+        if encoder_hidden_states is not None or mode == "off":
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        counter = self.state["counter"]
+        idx = counter.get(self.name, 0)
+        counter[self.name] = idx + 1
+        key = (self.name, idx)
+        if mode == "record":
+            self.state["cache"][key] = hidden_states.detach() if self.state["detach"] else hidden_states
+            return self.plain(attn, hidden_states, None, attention_mask, temb)
+        if key not in self.state["cache"]:
+            raise ValueError(f"no reference stored for layer {self.name!r} call {idx}; run a record() pass first")
+        ref = self.state["cache"][key]
+        return _cross_frame(attn, hidden_states, ref, temb)
+
+
+def _flatten(attn, h, temb):
+    if attn.spatial_norm is not None:
+        h = attn.spatial_norm(h, temb)
+    shape = h.shape
+    if h.ndim == 4:
+        b, c, hh, ww = shape
+        h = h.view(b, c, hh * ww).transpose(1, 2)
+    if attn.group_norm is not None:
+        h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
+    return h, shape
+
+
+def _cross_frame(attn, hidden_states, ref, temb):
+    residual = hidden_states
+    h, shape = _flatten(attn, hidden_states, temb)
+    r, _ = _flatten(attn, ref, temb)
+    b = h.shape[0]
+    if r.shape[0] == 1 and b > 1:
+        r = r.expand(b, -1, -1)
+    elif r.shape[0] != b:
+        raise ValueError(f"batch size {b} does not match reference batch {r.shape[0]} (allowed: equal or 1)")
+    q = attn.to_q(h)
+    k = attn.to_k(r)
+    v = attn.to_v(r)
+    heads = attn.heads
+    d = q.shape[-1] // heads
+    q, k, v = (x.view(b, -1, heads, d).transpose(1, 2) for x in (q, k, v))
+    o = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    o = o.transpose(1, 2).reshape(b, -1, heads * d).to(q.dtype)
+    o = attn.to_out[0](o)
+    o = attn.to_out[1](o)
+    if len(shape) == 4:
+        o = o.transpose(-1, -2).reshape(shape)
+    if attn.residual_connection:
+        o = o + residual
+    return o / attn.rescale_output_factor
+
+
+class EquivariantAttention:
+    """Context manager installing :class:`CrossFrameAttnProcessor` on every attention layer.
+
+    ``detach=True`` stores the reference without gradient (stop-gradient option of the
+    equivariance loss in :mod:`afcore.ldm`).
+    """
+
+    def __init__(self, unet, detach: bool = False):
+        self.unet = unet
+        self.state = {"mode": "off", "counter": {}, "cache": {}, "detach": detach}
+        self._saved = None
+
+    def _layers(self):
+        # UNet2DModel has no attn_processors property: walk the Attention modules directly
+        return {n: m for n, m in self.unet.named_modules() if isinstance(m, Attention)}
+
+    def __enter__(self):
+        layers = self._layers()
+        self._saved = {n: m.processor for n, m in layers.items()}
+        for n, m in layers.items():
+            m.set_processor(CrossFrameAttnProcessor(n, self.state))
+        return self
+
+    def __exit__(self, *exc):
+        for n, m in self._layers().items():
+            m.set_processor(self._saved[n])
+        self.state["cache"].clear()
+        return False
+
+    def record(self):
+        """Next passes store references (the cache is cleared)."""
+        self.state.update(mode="record", counter={})
+        self.state["cache"].clear()
+
+    def use(self):
+        """Next passes use stored references; call indices restart at 0 (one sampling loop)."""
+        self.state.update(mode="use", counter={})
+
+    def off(self):
+        self.state.update(mode="off", counter={})

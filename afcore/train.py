@@ -24,7 +24,11 @@ from afcore.utils import save_csv
 
 
 class EMA:
-    """Exponential moving average of a model's parameters (buffers copied)."""
+    """Exponential moving average of a model's parameters (buffers copied).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a short run's average is not dominated
+    by its random initial weights.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
@@ -33,9 +37,10 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
         for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            e.lerp_(p.detach(), 1.0 - decay)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
 
@@ -133,7 +138,7 @@ def train_loop(
             accelerator.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         if ema is not None:
-            ema.update(accelerator.unwrap_model(model))
+            ema.update(accelerator.unwrap_model(model), step)
         loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
         row = {"step": step + 1, "loss": loss_value, **{k: float(v) for k, v in (logs or {}).items()},
                "seconds": time.perf_counter() - t0}

@@ -28,18 +28,28 @@ CONFIGS = ("A",) + tuple(f"{k}-{b}{n}" for b in (0, 1, 2) for n in ("", "N") for
 PAPER_CONFIGS = ("A", "B-0", "C-0", "D-0", "B-1", "C-1", "D-1", "B-1N", "C-1N", "D-1N", "B-2N", "C-2N", "D-2N")
 
 
-def parse_config(name: str) -> dict:
-    """'D-1N' -> {'resample': True, 'activation': True, 'beta': 1.0, 'normalize': True}."""
+FILTERS = ("kaiser", "ideal")
+
+
+def parse_config(name: str, filter_method: str = "kaiser") -> dict:
+    """'D-1N' -> {'resample': True, 'activation': True, 'beta': 1.0, 'normalize': True, 'filter': 'kaiser'}.
+
+    ``filter_method="ideal"`` swaps the 3x3 jinc for the ideal FFT low-pass (beta and N then have no effect)."""
+    if filter_method not in FILTERS:
+        raise ValueError(f"filter_method must be one of {list(FILTERS)}, got {filter_method!r}")
     if name == "A":
-        return {"resample": False, "activation": False, "beta": None, "normalize": False}
+        return {"resample": False, "activation": False, "beta": None, "normalize": False, "filter": filter_method}
     m = re.fullmatch(r"([BCD])-([012])(N?)", name or "")
     if not m:
         raise ValueError(f"config must be one of {list(PAPER_CONFIGS)} (or B/C/D-<beta 0|1|2>[N]), got {name!r}")
     kind, beta, norm = m.groups()
-    return {"resample": kind in "BD", "activation": kind in "CD", "beta": float(beta), "normalize": norm == "N"}
+    return {"resample": kind in "BD", "activation": kind in "CD", "beta": float(beta), "normalize": norm == "N",
+            "filter": filter_method}
 
 
 def _filter_kwargs(cfg: dict) -> dict:
+    if cfg["filter"] == "ideal":
+        return dict(method="ideal")
     return dict(method="kaiser", numtaps=3, beta=cfg["beta"], radial=True, normalize=cfg["normalize"],
                 padding="zeros")
 
@@ -119,14 +129,14 @@ class ConfigUNet(nn.Module):
     (the reference: base 64, 3 levels, attention after every down/up block)."""
 
     def __init__(self, config: str = "A", in_channels: int = 1, base: int = 32, levels: int = 3,
-                 attention: bool = True, emb_dim: int = 256):
+                 attention: bool = True, emb_dim: int = 256, filter_method: str = "kaiser"):
         super().__init__()
         if levels < 1:
             raise ValueError(f"levels must be >= 1, got {levels}")
         self.config, self.emb_dim = config, emb_dim
         self.init_args = dict(config=config, in_channels=in_channels, base=base, levels=levels, attention=attention,
-                              emb_dim=emb_dim)
-        cfg = parse_config(config)
+                              emb_dim=emb_dim, filter_method=filter_method)
+        cfg = parse_config(config, filter_method)
         widths = [base * 2 ** min(i, 2) for i in range(levels + 1)]  # 1x, 2x, 4x, 4x ... as the reference
         self.inc = DoubleConv(in_channels, widths[0], cfg)
         self.downs = nn.ModuleList(Down(widths[i], widths[i + 1], cfg, emb_dim) for i in range(levels))

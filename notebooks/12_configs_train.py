@@ -32,6 +32,7 @@ configs = ["A", "B-1N", "C-1N", "D-1N"]
 base_channels = 16
 levels = 2
 attention = True
+filter_method = "kaiser"
 train_steps = 250
 batch_size = 16
 lr = 0.001
@@ -69,6 +70,7 @@ def train_one(dataset: str, config: str):
     prepared = data.load_prepared(dataset)
     train_x = prepared["train"]
     fingerprint = dict(dataset=dataset, config=config, base=base_channels, levels=levels, attention=attention,
+                       filter_method=filter_method,
                        steps=train_steps, batch=batch_size, lr=lr, ema=ema_decay, seed=seed,
                        n_train=int(len(train_x)))
     run_dir = CKPT / dataset / config
@@ -79,7 +81,7 @@ def train_one(dataset: str, config: str):
     stamp.write_text(json.dumps(fingerprint))
     seed_everything(seed)
     model = ddpm.ConfigUNet(config, in_channels=train_x.shape[1], base=base_channels, levels=levels,
-                            attention=attention)
+                            attention=attention, filter_method=filter_method)
 
     def get_batch(step):
         g = torch.Generator().manual_seed(seed * 100003 + step)

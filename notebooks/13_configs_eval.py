@@ -24,6 +24,7 @@ configs = ["A", "B-1N", "C-1N", "D-1N"]
 base_channels = 16
 levels = 2
 attention = True
+filter_method = "kaiser"
 train_steps = 250
 batch_size = 16
 lr = 0.001

@@ -25,7 +25,11 @@ def test_every_paper_config_builds_runs_and_adds_no_parameters():
         assert _count(model) == base, name
         assert model(x, t).shape == x.shape
     cfg = ddpm.parse_config("D-2N")
-    assert cfg == {"resample": True, "activation": True, "beta": 2.0, "normalize": True}
+    assert cfg == {"resample": True, "activation": True, "beta": 2.0, "normalize": True, "filter": "kaiser"}
+    ideal = ddpm.ConfigUNet("D-1N", in_channels=3, base=8, levels=2, filter_method="ideal")
+    assert _count(ideal) == base and ideal(x, t).shape == x.shape
+    with pytest.raises(ValueError, match="filter_method must be one of"):
+        ddpm.ConfigUNet("D-1N", filter_method="gaussian")
 
 
 def test_unknown_config_name_lists_the_allowed_ones():

@@ -40,7 +40,7 @@ for name in datasets:
     if name not in data.DATASETS:
         raise ValueError(f"datasets: unknown {name!r}; allowed: {list(data.DATASETS)}")
 
-digits, digit_labels = data.mnist(source=source if source in ("embedded", "hub") else "embedded", n=n_images)
+digits, digit_labels = data.mnist(source=source, n=n_images)
 built = {}
 for name in datasets:
     if name == "mnist":

@@ -125,3 +125,12 @@ class FilteredActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_layer(self.act(self.up_layer(x)))
+
+
+def __getattr__(name):
+    # The diffusers module surgery lives in afcore.surgery (it imports diffusers); expose it here as the API names it.
+    if name in ("make_alias_free", "save_alias_free", "load_alias_free"):
+        from afcore import surgery
+
+        return getattr(surgery, name)
+    raise AttributeError(f"module 'afcore.layers' has no attribute {name!r}")

@@ -1,18 +1,29 @@
-"""Latent diffusion pieces for AF-LDM (taught in notebooks/30_af_ldm.py).
+"""Latent diffusion for AF-LDM (taught in notebooks/30_af_ldm.py).
 
-So far: the U-Net equivariance loss of AF-LDM (REFERENCE.md "Equivariance loss (U-Net)").
-Same timestep for both passes; the noisy latent is shifted circularly by a multiple of 1/8 latent
-pixel (|d| <= 0.375 of the size); the shifted pass uses equivariant attention whose keys/values come
-from the unshifted pass; the squared error is averaged over the valid mask only.
+- ``latent_unet``: an unconditional diffusers ``UNet2DModel`` for VAE latents (attention at the low resolution and in
+  the mid block, so that equivariant attention matters), made alias-free with ``afcore.surgery.make_alias_free``.
+- ``ldm_loss``: epsilon loss + the U-Net equivariance loss (REFERENCE.md "Equivariance loss (U-Net)"): same
+  timestep for both passes; the noisy latent is shifted circularly by a multiple of 1/8 latent pixel
+  (|d| <= 0.375 of the size); the shifted pass uses equivariant attention whose keys/values come from the unshifted
+  pass; the squared error is averaged over the valid mask only; stop-gradient on the target (option).
+- ``sample`` / ``shift_consistency``: DDIM sampling, optionally anchored on a reference run with cross-frame
+  attention (CFA), and the latent / image SPSNR of AF-LDM's Table 3 and Figures 5-6.
+
+Latents are scaled to unit standard deviation (``latent_scale``, SD's 0.18215 plays that role) before diffusion.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from afcore.attention import EquivariantAttention
 from afcore.signal import fourier_shift, valid_mask
 
-__all__ = ["sample_latent_shift", "equivariance_loss"]
+__all__ = ["sample_latent_shift", "equivariance_loss", "latent_unet", "make_scheduler", "encode_latents",
+           "ldm_loss", "sample", "shift_consistency", "latent_psnr", "image_psnr"]
 
 
 def sample_latent_shift(size, generator=None, max_frac: float = 0.375, step: float = 1 / 8):
@@ -24,6 +35,13 @@ def sample_latent_shift(size, generator=None, max_frac: float = 0.375, step: flo
         k = int(max_frac * n / step)
         out.append(step * int(torch.randint(-k, k + 1, (1,), generator=generator)))
     return tuple(out)
+
+
+def _masked_shift_error(out, ref, d, stop_grad):
+    target = fourier_shift(ref.detach() if stop_grad else ref, d)
+    mask = valid_mask(out.shape[-2:], d, device=out.device).to(out.dtype)
+    err = (out - target) ** 2 * mask
+    return err.sum() / (mask.sum() * out.shape[0] * out.shape[1]).clamp_min(1), mask
 
 
 def equivariance_loss(unet, x_t, t, d, stop_grad: bool = True, cfa: bool = True):
@@ -38,7 +56,132 @@ def equivariance_loss(unet, x_t, t, d, stop_grad: bool = True, cfa: bool = True)
         if cfa:
             eq.use()
         out = unet(fourier_shift(x_t, d), t).sample
-    target = fourier_shift(ref.detach() if stop_grad else ref, d)
-    mask = valid_mask(x_t.shape[-2:], d, device=x_t.device).to(x_t.dtype)
-    err = (out - target) ** 2 * mask
-    return err.sum() / (mask.sum() * x_t.shape[0] * x_t.shape[1]).clamp_min(1), mask
+    return _masked_shift_error(out, ref, d, stop_grad)
+
+
+def latent_unet(channels=(32, 64), latent_channels: int = 4, sample_size: int = 8, groups: int = 8,
+                head_dim: int = 32, layers_per_block: int = 1):
+    """UNet2DModel with plain blocks at full latent resolution and attention blocks below it (plus the mid block)."""
+    from diffusers import UNet2DModel
+
+    n = len(channels)
+    if n < 2:
+        raise ValueError(f"ldm_channels needs at least 2 levels, got {list(channels)}")
+    return UNet2DModel(sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+                       block_out_channels=tuple(channels), layers_per_block=layers_per_block,
+                       down_block_types=("DownBlock2D",) + ("AttnDownBlock2D",) * (n - 1),
+                       up_block_types=("AttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+                       norm_num_groups=groups, attention_head_dim=min(head_dim, min(channels[1:])))
+
+
+def make_scheduler(kind: str = "ddim", num_train_timesteps: int = 1000):
+    """LDM's schedule (scaled-linear betas 0.00085..0.012, T=1000), no x0 clipping (latents are not in [-1, 1])."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    kwargs = dict(num_train_timesteps=num_train_timesteps, beta_start=0.00085, beta_end=0.012,
+                  beta_schedule="scaled_linear", clip_sample=False)
+    if kind == "ddim":
+        return DDIMScheduler(**kwargs, set_alpha_to_one=False)
+    if kind == "ddpm":
+        return DDPMScheduler(**kwargs)
+    raise ValueError(f"scheduler must be 'ddim' or 'ddpm', got {kind!r}")
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """Posterior means of ``images`` (in [-1, 1]) under ``vae``, unscaled."""
+    vae.eval()
+    return torch.cat([vae.encode(images[i:i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
+
+
+def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float = 0.0, cfa: bool = True,
+             stop_grad: bool = True, max_frac: float = 0.375):
+    """Epsilon MSE + eq_weight * U-Net equivariance loss; returns (loss, logs).
+
+    The unshifted pass is shared by both terms (it is the CFA reference when ``cfa``); one shift per batch.
+    """
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator).to(z0.device)
+    noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+    x_t = scheduler.add_noise(z0, noise, t)
+    if eq_weight <= 0:
+        diffusion = F.mse_loss(unet(x_t, t).sample, noise)
+        return diffusion, {"diffusion": diffusion.item()}
+    d = sample_latent_shift(z0.shape[-2:], generator, max_frac=max_frac)
+    with EquivariantAttention(unet, detach=stop_grad) as eq:
+        eq.record() if cfa else eq.off()
+        pred = unet(x_t, t).sample
+        if cfa:
+            eq.use()
+        shifted = unet(fourier_shift(x_t, d), t).sample
+    diffusion = F.mse_loss(pred, noise)
+    equiv, _ = _masked_shift_error(shifted, pred, d, stop_grad)
+    return diffusion + eq_weight * equiv, {"diffusion": diffusion.item(), "equivariance": equiv.item()}
+
+
+@torch.no_grad()
+def sample(unet, z_T: torch.Tensor, steps: int = 20, trajectory: bool = False, progress: bool = False):
+    """Deterministic DDIM (eta 0) from ``z_T``; with ``trajectory`` also the list of x_t after every step."""
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(steps)
+    x, traj = z_T, []
+    for t in tqdm(scheduler.timesteps, disable=not progress, desc="DDIM", leave=False):
+        eps = unet(x, torch.full((x.shape[0],), int(t), device=x.device)).sample
+        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        if trajectory:
+            traj.append(x)
+    return (x, traj) if trajectory else x
+
+
+def latent_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR inside ``mask`` with AF-LDM's latent peak: the per-sample dynamic range (max - min) of ``b``."""
+    m = mask.expand_as(a).to(a.dtype)
+    mse = ((a - b) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    peak = b.flatten(1).amax(1) - b.flatten(1).amin(1)
+    return 20 * torch.log10(peak) - 10 * torch.log10(mse.clamp_min(1e-20))
+
+
+def image_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, peak: float = 2.0) -> torch.Tensor:
+    """Per-sample PSNR inside ``mask`` with a fixed peak (2 for images in [-1, 1])."""
+    m = mask.expand_as(a).to(a.dtype)
+    mse = ((a - b) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    return 20 * torch.log10(torch.tensor(peak)) - 10 * torch.log10(mse.clamp_min(1e-20))
+
+
+@torch.no_grad()
+def shift_consistency(unet, z_T: torch.Tensor, shifts, steps: int = 20, cfa: bool = True, decode=None,
+                      factor: int = 8) -> dict:
+    """Sample from z_T and from T_d z_T for every d in ``shifts`` (circular Fourier shifts in latent pixels).
+
+    With ``cfa`` each shifted run's attention takes keys/values from the one unshifted run, layer by layer and step by
+    step. Returns tensors indexed [shift, sample]: ``latent`` (SPSNR of T_d z_0 vs z_0' on the shift's valid mask,
+    peak = per-sample dynamic range) and ``per_step`` [shift, step, sample] (the same after every DDIM step); with
+    ``decode`` also ``image`` (decoded outputs, image shift factor * d, peak 2), ``reference`` (decoded unshifted
+    run) and ``frames`` [shift, sample, C, H, W] (decoded shifted runs).
+    """
+    if not len(shifts):
+        raise ValueError("shifts must list at least one (dy, dx)")
+    context = EquivariantAttention(unet) if cfa else contextlib.nullcontext()
+    latent, per_step, image, frames = [], [], [], []
+    with context as eq:
+        if cfa:
+            eq.record()
+        ref, ref_traj = sample(unet, z_T, steps, trajectory=True)
+        image_ref = decode(ref) if decode is not None else None
+        for d in shifts:
+            if cfa:
+                eq.use()
+            out, out_traj = sample(unet, fourier_shift(z_T, d), steps, trajectory=True)
+            mask = valid_mask(z_T.shape[-2:], d, device=z_T.device)
+            latent.append(latent_psnr(out, fourier_shift(ref, d), mask))
+            per_step.append(torch.stack([latent_psnr(o, fourier_shift(r, d), mask)
+                                         for r, o in zip(ref_traj, out_traj)]))
+            if decode is not None:
+                image_out = decode(out)
+                di = (d[0] * factor, d[1] * factor)
+                image_mask = valid_mask(image_ref.shape[-2:], di, device=z_T.device)
+                image.append(image_psnr(image_out, fourier_shift(image_ref, di), image_mask))
+                frames.append(image_out)
+    result = {"latent": torch.stack(latent), "per_step": torch.stack(per_step)}
+    if decode is not None:
+        result.update(image=torch.stack(image), reference=image_ref, frames=torch.stack(frames))
+    return result

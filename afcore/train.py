@@ -161,3 +161,21 @@ def _to_device(batch, device):
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+def prepare_run_dir(run_dir: str | Path, fingerprint: dict) -> Path:
+    """Create ``run_dir`` for a resumable run stamped with ``fingerprint`` (the settings that shape the run).
+
+    A checkpoint left by different settings is deleted first: resuming it would silently mix two experiments.
+    """
+    import json
+    import shutil
+
+    run_dir = Path(run_dir)
+    stamp = run_dir / "fingerprint.json"
+    wanted = json.loads(json.dumps(fingerprint))  # normalise tuples/ints as they will read back
+    if run_dir.exists() and (not stamp.exists() or json.loads(stamp.read_text()) != wanted):
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(wanted, indent=1))
+    return run_dir

@@ -46,8 +46,6 @@ rotation_seeds = 8
 rotation_boundary = "zeros"
 
 # %%
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -55,7 +53,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from afcore import data, ddpm
-from afcore.train import train_loop
+from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import pick_device, save_csv, save_figure, save_json, seed_everything
 
 seed_everything(seed)
@@ -73,12 +71,7 @@ def train_one(dataset: str, config: str):
                        filter_method=filter_method,
                        steps=train_steps, batch=batch_size, lr=lr, ema=ema_decay, seed=seed,
                        n_train=int(len(train_x)))
-    run_dir = CKPT / dataset / config
-    stamp = run_dir / "fingerprint.json"
-    if run_dir.exists() and (not stamp.exists() or json.loads(stamp.read_text()) != fingerprint):
-        shutil.rmtree(run_dir)  # different settings: a checkpoint from them must not be resumed
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(fingerprint))
+    run_dir = prepare_run_dir(CKPT / dataset / config, fingerprint)  # other settings' checkpoint is not resumed
     seed_everything(seed)
     model = ddpm.ConfigUNet(config, in_channels=train_x.shape[1], base=base_channels, levels=levels,
                             attention=attention, filter_method=filter_method)

@@ -1,19 +1,40 @@
 """Make diffusers models alias-free in place, without adding parameters (AF-LDM's module surgery).
 
-Used by the AF-VAE and AF-LDM work (issue 4/5 notebooks, not in the pipeline yet). Three switchable parts:
+Taught by notebook 20_af_vae (VAE) and used by 30_af_ldm (U-Net); later notebooks use it on ``UNet2DConditionModel``
+(AF-SD) and ``ControlNetModel`` (AF-YOSO). Works on ``AutoencoderKL``, ``UNet2DModel``, ``UNet2DConditionModel`` and
+``ControlNetModel`` (diffusers 0.42). Three switchable parts:
 
 - ``resample``: every ``Downsample2D`` becomes "conv with stride 1, ideal low-pass at 1/2, every 2nd sample"; every
-  ``Upsample2D`` becomes "ideal x2 up-sampling, then its conv" (instead of nearest + conv);
+  ``Upsample2D`` becomes "ideal x2 up-sampling, then its conv" (instead of nearest + conv). Other resampler classes
+  (``FirDownsample2D``, ``KDownsample2D``, transposed-conv up-samplers) are not converted;
 - ``nonlinearity``: every ``ResnetBlock2D``'s nonlinearity becomes the filtered one (x2 up, activation, low-pass,
-  down); with ``keep_full_resolution`` the blocks at full image resolution (first down block, last up block) keep
-  the plain one, as the AF-LDM reference does in its VAE.
+  down) on its 4-D feature maps. The same attribute also activates the (batch, channels) time embedding before
+  ``time_emb_proj``: that tensor has no spatial axes, so it gets the plain activation (filtering it would mix
+  channels and batch samples); with ``keep_full_resolution`` the blocks at full image resolution (first down
+  block, last up block) keep the plain one, as the AF-LDM reference does in its VAE (default: only for
+  ``AutoencoderKL``). Nonlinearities outside ResNet blocks (``conv_act`` before ``conv_out``, the time-embedding
+  MLP, attention feed-forwards) stay plain: "all nonlinearities except those in the last layer" of the paper
+  concerns the feature maps, and attention is made equivariant elsewhere (CFA), not by filtering.
+
+Sizes: exact (circular) alias-free resampling needs every down-sampled size even. For the odd sizes that
+``UNet2DConditionModel`` accepts (it passes ``output_size`` to its up-samplers), the patched down-sampler keeps
+samples 0, 2, ..., i.e. ``ceil(n / 2)`` of them, the grid of the plain stride-2 conv, after the ideal low-pass, and
+the patched up-sampler crops the ideal x2 result to ``output_size`` (``2m`` or ``2m - 1``; anything else is a
+``ValueError``). Such sizes run, but are not exactly equivariant (the circular grid is not uniform across the seam).
+
+ControlNet: its ``controlnet_cond_embedding`` (pixel-space conv + SiLU with stride-2 convs, ``F.silu`` inline) is
+deliberately left untouched, so a patched ControlNet computes the same conditioning features as the plain one.
+The AF-LDM reference (AF-YOSO) does not make it alias-free either: it replaces the embedding by identity and feeds
+the VAE latent, a model change (it removes parameters) that belongs to the notebook that trains it, not to this
+parameter-free patch. Its down blocks and mid block are patched like the U-Net's (its 1x1 zero convs need nothing).
 
 Patched modules keep their class's attributes and parameter names (the class is swapped for a subclass and the
-nonlinearity is wrapped by a parameter-free module), so state dicts are unchanged. The patch is recorded in
-``model.config["alias_free"]``-like metadata by ``save_alias_free`` and re-applied by ``load_alias_free``.
+nonlinearity is wrapped by a parameter-free module), so state dicts are unchanged. The patch is recorded by
+``save_alias_free`` (``alias_free.json`` beside the weights) and re-applied by ``load_alias_free``.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -26,6 +47,27 @@ from afcore import layers, signal
 PATCH_FILE = "alias_free.json"
 
 
+def _ideal_down2(x: torch.Tensor) -> torch.Tensor:
+    """Ideal low-pass at half Nyquist, keep samples 0, 2, ... (``signal.downsample`` when both sizes are even)."""
+    h, w = x.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        return signal.downsample(x, 2, method="ideal")
+    return signal.ideal_lowpass(x, 0.5)[..., ::2, ::2]
+
+
+def _ideal_up2(x: torch.Tensor, output_size=None) -> torch.Tensor:
+    """Ideal x2 up-sampling, cropped to ``output_size`` when that is one sample short (odd sizes)."""
+    h, w = x.shape[-2:]
+    if output_size is None:
+        return signal.upsample(x, 2, method="ideal")
+    out = tuple(int(s) for s in output_size)
+    if len(out) != 2 or out[0] not in (2 * h, 2 * h - 1) or out[1] not in (2 * w, 2 * w - 1):
+        raise ValueError(f"output_size must be (2h or 2h-1, 2w or 2w-1) = {((2 * h, 2 * h - 1), (2 * w, 2 * w - 1))} "
+                         f"for an input of size {(h, w)}, got {tuple(output_size)}")
+    return signal.upsample(x, 2, method="ideal")[..., :out[0], :out[1]]
+
+
+@functools.lru_cache(maxsize=None)
 def _downsample_cls():
     from diffusers.models.downsampling import Downsample2D
 
@@ -39,30 +81,48 @@ def _downsample_cls():
                 conv = self.conv
                 hidden_states = F.conv2d(hidden_states, conv.weight, conv.bias, stride=1,
                                          padding=conv.kernel_size[0] // 2)
-            return signal.downsample(hidden_states, 2, method="ideal")
+            return _ideal_down2(hidden_states)
 
     return Downsample2D, AliasFreeDownsample2D
 
 
+@functools.lru_cache(maxsize=None)
 def _upsample_cls():
     from diffusers.models.upsampling import Upsample2D
 
     class AliasFreeUpsample2D(Upsample2D):
-        """Ideal x2 up-sampling (gain 4, scipy.signal.resample convention), then the block's conv."""
+        """Ideal x2 up-sampling (gain 4, scipy.signal.resample convention), then the block's conv.
+
+        ``output_size`` (what ``UNet2DConditionModel`` passes for sizes not divisible by its total down factor)
+        may be twice the input or one sample less per axis: the ideal x2 result is cropped to it.
+        """
 
         def forward(self, hidden_states, output_size=None, *args, **kwargs):
-            if self.norm is not None:
-                hidden_states = self.norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             if self.use_conv_transpose:
                 raise ValueError("make_alias_free: transposed-conv up-samplers are not supported")
-            if output_size is not None and tuple(output_size) != tuple(2 * s for s in hidden_states.shape[-2:]):
-                raise ValueError(f"make_alias_free: output_size {output_size} is not twice the input size")
-            hidden_states = signal.upsample(hidden_states, 2, method="ideal")
+            if not self.interpolate:  # this block does not resample at all: nothing to make alias-free
+                return super().forward(hidden_states, output_size)
+            if self.norm is not None:
+                hidden_states = self.norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            hidden_states = _ideal_up2(hidden_states, output_size)
             if self.use_conv:
                 hidden_states = self.conv(hidden_states) if self.name == "conv" else self.Conv2d_0(hidden_states)
             return hidden_states
 
     return Upsample2D, AliasFreeUpsample2D
+
+
+class SpatialFilteredActivation(layers.FilteredActivation):
+    """``FilteredActivation`` on 4-D feature maps; the plain activation on tensors without two spatial axes.
+
+    ``ResnetBlock2D`` applies one ``nonlinearity`` module both to its feature maps and to the (batch, channels)
+    time embedding; only the former has a spectrum to protect.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return self.act(x)
+        return super().forward(x)
 
 
 def _full_resolution_blocks(model: nn.Module) -> set[int]:
@@ -81,7 +141,8 @@ def _full_resolution_blocks(model: nn.Module) -> set[int]:
 def make_alias_free(model: nn.Module, resample: bool = True, nonlinearity: bool = True,
                     keep_full_resolution: bool | None = None) -> nn.Module:
     """Patch ``model`` in place (see the module docstring); returns it. ``keep_full_resolution`` defaults to True
-    for ``AutoencoderKL`` and False otherwise."""
+    for ``AutoencoderKL`` and False otherwise (``UNet2DModel``, ``UNet2DConditionModel``, ``ControlNetModel``).
+    ``patched_modules(model)`` counts what was converted."""
     from diffusers import AutoencoderKL
     from diffusers.models.resnet import ResnetBlock2D
 
@@ -92,17 +153,33 @@ def make_alias_free(model: nn.Module, resample: bool = True, nonlinearity: bool 
     down_base, down_af = _downsample_cls()
     up_base, up_af = _upsample_cls()
     skip = _full_resolution_blocks(model) if keep_full_resolution else set()
-    for module in model.modules():
+    for module in list(model.modules()):
         if resample and type(module) is down_base:
             module.__class__ = down_af
         elif resample and type(module) is up_base:
             module.__class__ = up_af
         elif nonlinearity and isinstance(module, ResnetBlock2D) and id(module) not in skip:
             if not isinstance(module.nonlinearity, layers.FilteredActivation):
-                module.nonlinearity = layers.FilteredActivation(module.nonlinearity, up=2, method="ideal")
+                module.nonlinearity = SpatialFilteredActivation(module.nonlinearity, up=2, method="ideal")
     model._alias_free_patch = {"resample": resample, "nonlinearity": nonlinearity,
                                "keep_full_resolution": keep_full_resolution}
     return model
+
+
+def patched_modules(model: nn.Module) -> dict[str, int]:
+    """How many modules of ``model`` the surgery converted, by kind, e.g. ``{"Downsample2D": 1, "Upsample2D": 1,
+    "ResnetBlock2D": 8}`` (ResNet blocks counted when their nonlinearity is filtered)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    counts = {"Downsample2D": 0, "Upsample2D": 0, "ResnetBlock2D": 0}
+    for module in model.modules():
+        if type(module) is _downsample_cls()[1]:
+            counts["Downsample2D"] += 1
+        elif type(module) is _upsample_cls()[1]:
+            counts["Upsample2D"] += 1
+        elif isinstance(module, ResnetBlock2D) and isinstance(module.nonlinearity, layers.FilteredActivation):
+            counts["ResnetBlock2D"] += 1
+    return counts
 
 
 def save_alias_free(model: nn.Module, path: str | Path) -> Path:

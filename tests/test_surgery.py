@@ -93,3 +93,167 @@ def test_save_load_round_trip_reapplies_the_patch(tmp_path):
         torch.testing.assert_close(again(z, t).sample, unet(z, t).sample, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError):
         load_alias_free(UNet2DModel, tmp_path / "missing")
+
+
+# ------------------------------------------------------------ conditional U-Net and ControlNet (AF-SD, AF-YOSO)
+COND = dict(in_channels=4, block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            cross_attention_dim=8, layers_per_block=1, norm_num_groups=4, attention_head_dim=4)
+
+
+def tiny_cond_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=16, out_channels=4, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                **COND).eval()
+
+
+def tiny_controlnet():
+    """Matching ControlNet (cond image at 2x the latent size); its zero-initialised convs (the conditioning
+    embedding's conv_out and the residual convs) get small random weights so that the control image matters."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(1)
+    net = ControlNetModel(conditioning_channels=3, conditioning_embedding_out_channels=(4, 8), **COND).eval()
+    zero_convs = [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks, net.controlnet_mid_block]
+    for conv in zero_convs:
+        torch.nn.init.normal_(conv.weight, std=0.1)
+    return net
+
+
+def _cond_inputs(size=16, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(sample=torch.randn(batch, 4, size, size, generator=g),
+                timestep=torch.tensor([10] * batch), encoder_hidden_states=torch.randn(batch, 5, 8, generator=g))
+
+
+def _cond_image(size=16, batch=1, seed=0):
+    return torch.rand(batch, 3, 2 * size, 2 * size, generator=torch.Generator().manual_seed(seed + 100)) * 2 - 1
+
+
+def _run_unet(unet, **kw):
+    with torch.no_grad():
+        return unet(**kw).sample
+
+
+def _run_controlnet(net, **kw):
+    with torch.no_grad():
+        out = net(**kw, conditioning_scale=1.0)
+    return [*out.down_block_res_samples, out.mid_block_res_sample]
+
+
+def _count(model):
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    kinds = {"Downsample2D": Downsample2D, "Upsample2D": Upsample2D, "ResnetBlock2D": ResnetBlock2D}
+    return {k: sum(isinstance(m, c) for m in model.modules()) for k, c in kinds.items()}
+
+
+@pytest.mark.parametrize("make,expected", [(tiny_cond_unet, {"Downsample2D": 1, "Upsample2D": 1, "ResnetBlock2D": 8}),
+                                           (tiny_controlnet, {"Downsample2D": 1, "Upsample2D": 0, "ResnetBlock2D": 4})])
+def test_conditional_models_patch_every_resampler_and_resnet_without_new_parameters(make, expected):
+    from afcore.surgery import patched_modules
+
+    model = make()
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert _count(model) == expected
+    assert patched_modules(model) == {k: 0 for k in expected}
+    make_alias_free(model)
+    assert patched_modules(model) == expected  # every Downsample2D / Upsample2D / ResnetBlock2D converted
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+    assert list(model.state_dict()) == list(shapes)
+    from diffusers.models.resnet import ResnetBlock2D
+
+    resnets = [m for m in model.modules() if isinstance(m, ResnetBlock2D)]
+    assert resnets and all(isinstance(m.nonlinearity, layers.FilteredActivation) for m in resnets)
+
+
+def test_conditional_models_switches_off_are_bit_identical_and_on_changes_outputs():
+    kw = _cond_inputs()
+    unet = tiny_cond_unet()
+    off = make_alias_free(copy.deepcopy(unet), resample=False, nonlinearity=False)
+    torch.testing.assert_close(_run_unet(off, **kw), _run_unet(unet, **kw), rtol=0, atol=0)
+    for switches in ({"resample": True, "nonlinearity": False}, {"resample": False, "nonlinearity": True}, {}):
+        on = make_alias_free(copy.deepcopy(unet), **switches)
+        assert (_run_unet(on, **kw) - _run_unet(unet, **kw)).abs().max() > 1e-3, switches
+    net = tiny_controlnet()
+    ckw = dict(kw, controlnet_cond=_cond_image())
+    off = make_alias_free(copy.deepcopy(net), resample=False, nonlinearity=False)
+    for a, b in zip(_run_controlnet(off, **ckw), _run_controlnet(net, **ckw)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    on = make_alias_free(copy.deepcopy(net))
+    diffs = [(a - b).abs().max() for a, b in zip(_run_controlnet(on, **ckw), _run_controlnet(net, **ckw))]
+    assert max(diffs) > 1e-3
+    # the pixel-space conditioning embedding is deliberately left plain (see afcore.surgery's docstring)
+    with torch.no_grad():
+        torch.testing.assert_close(on.controlnet_cond_embedding(ckw["controlnet_cond"]),
+                                   net.controlnet_cond_embedding(ckw["controlnet_cond"]), rtol=0, atol=0)
+
+
+def test_patched_controlnet_drives_patched_conditional_unet_end_to_end():
+    unet, net = make_alias_free(tiny_cond_unet()), make_alias_free(tiny_controlnet())
+    kw = _cond_inputs(batch=2)
+
+    def pipeline(cond):
+        residuals = _run_controlnet(net, **kw, controlnet_cond=cond)
+        return _run_unet(unet, **kw, down_block_additional_residuals=tuple(residuals[:-1]),
+                         mid_block_additional_residual=residuals[-1])
+
+    a, b = pipeline(_cond_image(batch=2)), pipeline(_cond_image(batch=2, seed=1))
+    assert a.shape == (2, 4, 16, 16) and torch.isfinite(a).all()
+    assert (a - b).abs().max() > 1e-4  # the control image reaches the U-Net's output
+    assert (a - _run_unet(unet, **kw)).abs().max() > 1e-4
+
+
+def test_patched_conditional_unet_keeps_batch_samples_independent():
+    """The time embedding shares ResnetBlock2D.nonlinearity but has no spatial axes: it must not be filtered (doing
+    so mixed channels and batch samples)."""
+    unet = make_alias_free(tiny_cond_unet())
+    kw = _cond_inputs(batch=2)
+    kw["timestep"] = torch.tensor([10, 700])
+    both = _run_unet(unet, **kw)
+    for i in range(2):
+        one = _run_unet(unet, **{k: v[i:i + 1] for k, v in kw.items()})
+        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
+
+
+def test_patched_conditional_unet_runs_on_odd_sizes_and_rejects_bad_output_size():
+    unet = make_alias_free(tiny_cond_unet())
+    kw = _cond_inputs(size=15)
+    out = _run_unet(unet, **kw)
+    assert out.shape == (1, 4, 15, 15) and torch.isfinite(out).all()
+    up = unet.up_blocks[0].upsamplers[0]
+    z = torch.randn(1, 16, 8, 8)
+    torch.testing.assert_close(up(z, (15, 16)), up.conv(signal.upsample(z, 2)[..., :15, :]))
+    with pytest.raises(ValueError, match="output_size"):
+        up(z, (17, 16))
+
+
+def test_conditional_unet_resamplers_follow_their_definition_and_are_shift_equivariant():
+    unet = make_alias_free(tiny_cond_unet())
+    down, up = copy.deepcopy(unet.down_blocks[0].downsamplers[0]), copy.deepcopy(unet.up_blocks[0].upsamplers[0])
+    x = signal.ideal_lowpass(torch.randn(1, 8, 16, 16), 0.9)
+    expected = signal.downsample(torch.nn.functional.conv2d(x, down.conv.weight, down.conv.bias, padding=1), 2)
+    torch.testing.assert_close(down(x), expected)
+    # the resampling cores alone (conv off): exact equivariance on band-limited circular input, fractional shifts
+    down.use_conv, up.use_conv = False, False
+    x = signal.ideal_lowpass(torch.randn(2, 8, 16, 16, dtype=torch.float64), 0.45)
+    torch.testing.assert_close(down(signal.fourier_shift(x, (1.0, -0.5))), signal.fourier_shift(down(x), (0.5, -0.25)))
+    z = signal.ideal_lowpass(torch.randn(2, 16, 8, 8, dtype=torch.float64), 0.9)
+    torch.testing.assert_close(up(signal.fourier_shift(z, (0.25, -0.75))), signal.fourier_shift(up(z), (0.5, -1.5)))
+
+
+def test_conditional_models_save_load_round_trip_is_bit_identical(tmp_path):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    kw = _cond_inputs()
+    unet = make_alias_free(tiny_cond_unet())
+    again = load_alias_free(UNet2DConditionModel, save_alias_free(unet, tmp_path / "unet"))
+    torch.testing.assert_close(_run_unet(again, **kw), _run_unet(unet, **kw), rtol=0, atol=0)
+    net = make_alias_free(tiny_controlnet())
+    loaded = load_alias_free(ControlNetModel, save_alias_free(net, tmp_path / "controlnet"))
+    ckw = dict(kw, controlnet_cond=_cond_image())
+    for a, b in zip(_run_controlnet(loaded, **ckw), _run_controlnet(net, **ckw)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

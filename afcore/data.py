@@ -9,6 +9,7 @@ Taught by notebook 10_data. Every image tensor is float32 in [-1, 1], shape (N, 
 - ``natural32()``: 32x32 random crops of scikit-image's photographs, the embedded stand-in for CIFAR-10 (it is not
   CIFAR-10 and is never called so). ``cifar10(source="hub")`` reads the real set when a hub is reachable.
 - ``natural_images()`` / ``random_crops()``: the embedded natural-image set at any crop size (AF-VAE, AF-LDM).
+- ``hub_images()``: any ``datasets`` image set (hub id or local ``save_to_disk`` folder), square crops at any size.
 """
 from __future__ import annotations
 
@@ -128,20 +129,82 @@ def _check_source(source):
         raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
 
 
-def _from_hub(name: str, image_key: str, label_key: str, path: str | None = None):
-    """Load an image-classification set with ``datasets`` (hub id or a local ``save_to_disk`` folder)."""
+def _open_dataset(name: str, path: str | None, split: str, hint: str):
+    """``datasets.load_from_disk(path)`` or ``load_dataset(name, split=split)``; any failure -> HubUnavailable."""
     import datasets
 
     try:
-        ds = datasets.load_from_disk(path) if path else datasets.load_dataset(name, split="train")
+        ds = datasets.load_from_disk(path) if path else datasets.load_dataset(name, split=split)
     except Exception as exc:  # offline, missing cache, or unreachable hub
         raise HubUnavailable(
             f"could not load data set {name!r} through `datasets` ({type(exc).__name__}: {exc}). This machine has "
-            f"no hub access: use source='embedded' (mnist) or the 'natural32' stand-in, or pre-download the set."
+            f"no hub access: {hint}"
         ) from exc
+    return ds
+
+
+def _from_hub(name: str, image_key: str, label_key: str, path: str | None = None):
+    """Load an image-classification set with ``datasets`` (hub id or a local ``save_to_disk`` folder)."""
+    ds = _open_dataset(name, path, "train", "use source='embedded' (mnist) or the 'natural32' stand-in, or "
+                                            "pre-download the set.")
     images = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in ds[image_key]]) / 255.0
     images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)
     return images, torch.tensor(ds[label_key], dtype=torch.long)
+
+
+def _square_resize(image, size: int) -> torch.Tensor:
+    """PIL image or array -> (3, size, size) float in [0, 1]: RGB (grayscale repeated), centre square crop,
+    bicubic resize (PIL widens the kernel when down-scaling, i.e. antialiased)."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8:  # float images in [0, 1] (or [0, 255]) -> 8 bit
+            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+    image = image.convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def hub_images(name: str, size: int, n: int | None = None, split: str = "train", image_key: str = "image",
+               path: str | None = None) -> torch.Tensor:
+    """The first ``n`` images of a ``datasets`` image set as (N, 3, size, size) in [-1, 1] (AF-VAE's hub data).
+
+    ``name`` is a hub id (needs a reachable hub or the local cache) or a local ``save_to_disk`` folder; ``path``
+    names that folder explicitly. Each image is centre-cropped to a square and resized with PIL bicubic
+    (antialiased); grayscale and RGBA images become RGB. A set that cannot be loaded raises ``HubUnavailable``.
+    """
+    from pathlib import Path
+
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1 or None, got {n}")
+    if path is None and Path(name).expanduser().is_dir():
+        path = str(Path(name).expanduser())
+    hub_split = f"{split}[:{n}]" if n is not None else split  # read only what is used
+    ds = _open_dataset(name, path, hub_split, "use vae_dataset='natural' (the embedded photographs), or save the "
+                                             "set once with `save_to_disk` and pass that folder as the name or path.")
+    if isinstance(ds, dict):  # a DatasetDict saved to disk: pick the split
+        if split not in ds:
+            raise ValueError(f"split must be one of {sorted(ds.keys())} for {name!r}, got {split!r}")
+        ds = ds[split]
+    if image_key not in ds.column_names:
+        raise ValueError(f"image_key must be one of the columns {ds.column_names} of {name!r}, got {image_key!r}")
+    if n is not None:
+        if n > len(ds):
+            raise ValueError(f"n={n} is larger than the {len(ds)} images of {name!r} ({split})")
+        ds = ds.select(range(n))
+    if len(ds) == 0:
+        raise ValueError(f"data set {name!r} ({split}) holds no images")
+    images = torch.stack([_square_resize(row[image_key], size) for row in ds])
+    return images * 2 - 1
 
 
 def checksum(t: torch.Tensor) -> str:

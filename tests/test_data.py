@@ -103,3 +103,44 @@ def test_hub_offline_gives_a_clear_message():
 def test_small_mnist_subsets_hold_every_class():
     _, y = data.mnist(n=100)
     assert len(set(y.tolist())) == 10
+
+
+def test_hub_images_reads_a_local_saved_image_set(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8))  # 40 wide, 30 high
+    gray = Image.fromarray(rng.integers(0, 256, size=(20, 20), dtype=np.uint8))
+    rgba = Image.fromarray(rng.integers(0, 256, size=(16, 24, 4), dtype=np.uint8))
+    ds = datasets.Dataset.from_dict({"img": [rgb, gray, rgba]}, features=datasets.Features({"img": datasets.Image()}))
+    ds.save_to_disk(str(tmp_path / "local"))
+    x = data.hub_images("local-set", 16, image_key="img", path=str(tmp_path / "local"))
+    assert x.shape == (3, 3, 16, 16) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    # centre square crop, then PIL bicubic resize
+    expected = np.asarray(rgb.crop((5, 0, 35, 30)).resize((16, 16), Image.Resampling.BICUBIC), dtype=np.float32)
+    assert torch.allclose(x[0], torch.from_numpy(expected / 255.0 * 2 - 1).permute(2, 0, 1), atol=1e-6)
+    assert torch.equal(x[1, 0], x[1, 1]) and torch.equal(x[1, 0], x[1, 2])  # grayscale -> 3 equal channels
+    # the folder can be the name itself; n takes the first n; a DatasetDict is read by split
+    assert torch.equal(data.hub_images(str(tmp_path / "local"), 16, n=2, image_key="img"), x[:2])
+    datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "dd"))
+    assert torch.equal(data.hub_images("dd", 16, split="test", image_key="img", path=str(tmp_path / "dd")), x)
+    with pytest.raises(ValueError, match="split"):
+        data.hub_images("dd", 16, image_key="img", path=str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match="image_key"):
+        data.hub_images("local", 16, path=str(tmp_path / "local"))
+    with pytest.raises(ValueError, match="n="):
+        data.hub_images("local", 16, n=10, image_key="img", path=str(tmp_path / "local"))
+    with pytest.raises(data.HubUnavailable, match="save_to_disk"):
+        data.hub_images("local", 16, path=str(tmp_path / "missing"))
+
+
+def test_hub_images_unavailable_name_gives_the_clear_error():
+    code = ("from afcore import data\n"
+            "try:\n    data.hub_images('afcore-test/no-such-images', 16, n=4)\n"
+            "except data.HubUnavailable as e:\n    print('MSG', e)\n")
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=os.devnull + "_none")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert "MSG" in out.stdout, out.stderr[-2000:]
+    assert "afcore-test/no-such-images" in out.stdout and "vae_dataset='natural'" in out.stdout

@@ -62,7 +62,8 @@ def test_perceptual_distance_is_a_frozen_monotone_distance(tmp_path):
     levels = [V.perceptual_distance(feats, x, x + s * noise) for s in (0.02, 0.1, 0.4)]
     assert torch.all(levels[0] < levels[1]) and torch.all(levels[1] < levels[2])
     # seeded: the same weights every time; frozen: no parameter takes gradients, the input does
-    assert all(torch.equal(a, b) for a, b in zip(feats.state_dict().values(), V.PerceptualFeatures().state_dict().values()))
+    again = V.PerceptualFeatures().state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(feats.state_dict().values(), again))
     feats.train()
     assert not feats.training and not any(p.requires_grad for p in feats.parameters())
     xr = x.clone().requires_grad_(True)

@@ -207,6 +207,22 @@ def hub_images(name: str, size: int, n: int | None = None, split: str = "train",
     return images * 2 - 1
 
 
+def lfw_faces(size: int = 32, flips: bool = True) -> torch.Tensor:
+    """scikit-image's embedded LFW subset (200 grey 25x25 faces) as (N, 3, size, size) in [-1, 1], for face figures.
+
+    Resized with bicubic interpolation (up-sampling: nothing to alias); ``flips`` appends the mirror images (400).
+    Far too few faces for a meaningful FID: AF-LDM's face results use FFHQ, reachable through ``hub_images``.
+    """
+    import skimage.data
+
+    if size < 4:
+        raise ValueError(f"size must be >= 4, got {size}")
+    faces = torch.from_numpy(np.asarray(skimage.data.lfw_subset(), dtype=np.float32))[:, None]
+    faces = F.interpolate(faces, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    faces = faces.repeat(1, 3, 1, 1) * 2 - 1
+    return torch.cat([faces, faces.flip(-1)]) if flips else faces
+
+
 def checksum(t: torch.Tensor) -> str:
     """sha256 of a tensor's bytes (recorded in the data stage's metrics)."""
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()

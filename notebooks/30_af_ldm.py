@@ -70,14 +70,19 @@ from afcore.utils import pick_device, save_csv, save_figure, save_gif, save_json
 
 seed_everything(seed)
 dev = pick_device(device)
-if ldm_dataset not in ("natural32", "mnist_m"):
-    raise ValueError(f"ldm_dataset must be 'natural32' or 'mnist_m' (data-stage sets with FID features from the "
-                     f"classifier stage), got {ldm_dataset!r}")
 if ldm_spsnr_latents % ldm_spsnr_groups:
     raise ValueError(f"ldm_spsnr_latents ({ldm_spsnr_latents}) must be a multiple of ldm_spsnr_groups "
                      f"({ldm_spsnr_groups})")
-prepared = data.load_prepared(ldm_dataset)
-classifier = evaluation.load_classifier(f"checkpoints/classifier/{ldm_dataset}.pt")
+if ldm_dataset in ("natural32", "mnist_m"):  # data-stage sets, with the classifier stage's FID features
+    prepared = data.load_prepared(ldm_dataset)
+    classifier = evaluation.load_classifier(f"checkpoints/classifier/{ldm_dataset}.pt")
+elif ldm_dataset == "lfw" or ldm_dataset.startswith("hub:"):  # faces: scikit-image's LFW subset, or FFHQ & co.
+    images = data.lfw_faces(32) if ldm_dataset == "lfw" else data.hub_images(ldm_dataset[4:], 32)
+    prepared = data.split(images, None, test_fraction=0.2, seed=seed)
+    classifier = evaluation.random_features(3, seed=seed, calibrate=prepared["train"])
+else:
+    raise ValueError(f"ldm_dataset must be 'natural32', 'mnist_m', 'lfw' or 'hub:<datasets name or folder>', "
+                     f"got {ldm_dataset!r}")
 vaes = {k: load_alias_free(AutoencoderKL, f"checkpoints/vae/{k}").eval() for k in ("vanilla", "af_vae")}
 f = V.factor(vaes["vanilla"])
 latents, scales = {}, {}
@@ -454,5 +459,13 @@ summary["af_ldm_vs_best_baseline"]
 
 # %% [markdown]
 # **Reading the results.** `af_ldm_vs_best_baseline` is the issue's goal check: AF-LDM's image SPSNR against the
-# better of the two standard LDMs sampled with CFA, and the FID ratio between them. The README's results section
-# records the numbers of the committed cpu-profile run and how they compare with the paper's.
+# better of the two standard LDMs sampled with CFA, and the FID ratio between them (goal: +5 dB, ratio <= 1.3). The
+# README records the committed cpu-profile run. There the equivariance loss is what moves the *latent* SPSNR (about
+# +2.5 dB over the rows without it, CFA in the loss or not), alias-free layers alone do little, and the *image*
+# SPSNR barely moves: every row lands within about 1 dB of the others, so the goal is not met at this scale. The
+# image SPSNR cannot exceed what the decoder preserves, and notebook 20's AF-VAE decoder is only a few dB more
+# equivariant than the vanilla one; on an 8x8 latent, the wrapped strip of a circular shift and the zero-padded
+# border reach every pixel through a 2-level U-Net; and the U-Nets are trained for about a thousand steps, with the
+# equivariance loss added only for the last 400. The random-weights row shows the architecture's own equivariance
+# (highest latent SPSNR), which training erodes, as the paper also observes. The gpu profile (4-level U-Net, 100k
+# steps) is where the paper's claim should be tested; it has not been run here.

@@ -144,3 +144,17 @@ def test_hub_images_unavailable_name_gives_the_clear_error():
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "MSG" in out.stdout, out.stderr[-2000:]
     assert "afcore-test/no-such-images" in out.stdout and "vae_dataset='natural'" in out.stdout
+
+
+def test_lfw_faces_are_the_embedded_faces_resized():
+    import skimage.data
+
+    faces = data.lfw_faces(25, flips=True)
+    raw = torch.from_numpy(skimage.data.lfw_subset().astype("float32"))
+    assert faces.shape == (400, 3, 25, 25) and faces.min() >= -1 and faces.max() <= 1
+    # at the native size the resize is the identity, and the second half mirrors the first
+    assert torch.allclose((faces[:200, 0] + 1) / 2, raw, atol=1e-5)
+    assert torch.equal(faces[200:], faces[:200].flip(-1))
+    assert data.lfw_faces(32, flips=False).shape == (200, 3, 32, 32)
+    with pytest.raises(ValueError, match="size"):
+        data.lfw_faces(2)

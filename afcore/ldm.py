@@ -50,13 +50,18 @@ def equivariance_loss(unet, x_t, t, d, stop_grad: bool = True, cfa: bool = True)
     ``unet(x, t)`` must return an object with ``.sample`` (diffusers). ``cfa=True`` anchors the
     shifted pass's attention on the unshifted pass (cross-frame attention).
     """
+    ref, out = _paired_passes(unet, x_t, t, d, cfa, stop_grad)
+    return _masked_shift_error(out, ref, d, stop_grad)
+
+
+def _paired_passes(unet, x_t, t, d, cfa, stop_grad):
+    """unet(x_t) and unet(T_d x_t) at the same timestep; with ``cfa`` the second anchored on the first."""
     with EquivariantAttention(unet, detach=stop_grad) as eq:
         eq.record() if cfa else eq.off()
         ref = unet(x_t, t).sample
         if cfa:
             eq.use()
-        out = unet(fourier_shift(x_t, d), t).sample
-    return _masked_shift_error(out, ref, d, stop_grad)
+        return ref, unet(fourier_shift(x_t, d), t).sample
 
 
 def latent_unet(channels=(32, 64), latent_channels: int = 4, sample_size: int = 8, groups: int = 8,
@@ -107,12 +112,7 @@ def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float =
         diffusion = F.mse_loss(unet(x_t, t).sample, noise)
         return diffusion, {"diffusion": diffusion.item()}
     d = sample_latent_shift(z0.shape[-2:], generator, max_frac=max_frac)
-    with EquivariantAttention(unet, detach=stop_grad) as eq:
-        eq.record() if cfa else eq.off()
-        pred = unet(x_t, t).sample
-        if cfa:
-            eq.use()
-        shifted = unet(fourier_shift(x_t, d), t).sample
+    pred, shifted = _paired_passes(unet, x_t, t, d, cfa, stop_grad)
     diffusion = F.mse_loss(pred, noise)
     equiv, _ = _masked_shift_error(shifted, pred, d, stop_grad)
     return diffusion + eq_weight * equiv, {"diffusion": diffusion.item(), "equivariance": equiv.item()}

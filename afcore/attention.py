@@ -16,9 +16,13 @@ Usage::
         out = unet(shift(x), t).sample
 
 Works for UNet2DModel and UNet2DConditionModel: cross-attention (encoder_hidden_states given,
-e.g. text) is computed by the plain processor, untouched.  Batches: the reference batch is
-matched index by index, so a classifier-free-guidance batch [uncond..., cond...] uses its own
-reference half; a reference batch of 1 is broadcast.  The original processors are restored on exit.
+e.g. text) is computed by the plain processor, untouched.  Batches: a batch of B is read as R
+contiguous groups of B/R, R being the reference batch, and group g takes its keys/values from
+reference g.  So with classifier-free guidance the reference pass is [uncond, cond] and a batch of
+F frames is [uncond x F, cond x F] (the layout ``torch.cat([latents] * 2)`` gives): every frame uses
+the reference of its own half, never the other half's (the pitfall of processors that assume
+"frame 0 of the batch" is the reference).  R = B matches index by index; R = 1 is broadcast.
+The original processors are restored on exit.
 """
 from __future__ import annotations
 
@@ -71,11 +75,11 @@ def _cross_frame(attn, hidden_states, ref, temb):
     residual = hidden_states
     h, shape = _flatten(attn, hidden_states, temb)
     r, _ = _flatten(attn, ref, temb)
-    b = h.shape[0]
-    if r.shape[0] == 1 and b > 1:
-        r = r.expand(b, -1, -1)
-    elif r.shape[0] != b:
-        raise ValueError(f"batch size {b} does not match reference batch {r.shape[0]} (allowed: equal or 1)")
+    b, n_ref = h.shape[0], r.shape[0]
+    if b % n_ref:
+        raise ValueError(f"batch size {b} is not a multiple of the reference batch {n_ref}: the batch must be "
+                         f"{n_ref} contiguous groups (e.g. [uncond frames..., cond frames...]), one per reference")
+    r = r.repeat_interleave(b // n_ref, dim=0)
     q = attn.to_q(h)
     k = attn.to_k(r)
     v = attn.to_v(r)

@@ -165,11 +165,10 @@ def train_model(key):
         return ldm.ldm_loss(m, z, scheduler, torch.Generator().manual_seed(int(batch_seed) + 1),
                             eq_weight=ldm_eq_weight if eq else 0.0, cfa=cfa_loss, stop_grad=ldm_stop_grad)
 
-    t0 = time.perf_counter()
     unet, ema, history = train_loop(unet, loss_fn, get_batch, steps=steps, lr=ldm_lr, ckpt_dir=run_dir,
                                     ckpt_every=ldm_ckpt_every, ema_decay=ldm_ema_decay, device=str(dev),
                                     desc=key, log_csv=run_dir / "loss.csv")
-    seconds = time.perf_counter() - t0
+    seconds = sum(h["seconds"] for h in history)  # per-step rows survive a resume, a wall clock would not
     model = (ema or unet).cpu().eval()
     save_alias_free(model, run_dir / "unet")
     return model, history, seconds

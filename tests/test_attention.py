@@ -87,3 +87,52 @@ def test_missing_reference_raises():
         eq.use()
         with pytest.raises(ValueError):
             unet(torch.randn(1, 4, 8, 8), torch.tensor([1]))
+
+
+def _conditional_unet():
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                                cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8).eval()
+
+
+def test_cfg_batched_frames_use_their_own_halfs_reference():
+    """Reference pass [uncond, cond]; frame pass [uncond x F, cond x F]: each frame uses its half's reference."""
+    unet, frames = _conditional_unet(), 3
+    x = torch.randn(1, 4, 8, 8)
+    uncond, cond = torch.zeros(1, 5, 16), torch.randn(1, 5, 16)
+    t = torch.tensor([7])
+    with torch.no_grad(), EquivariantAttention(unet) as eq:
+        eq.record()
+        ref = unet(torch.cat([x, x]), t.repeat(2), encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eq.use()
+        batch = torch.cat([x] * (2 * frames))  # torch.cat([latents] * 2) of F identical frames
+        text = torch.cat([uncond] * frames + [cond] * frames)
+        out = unet(batch, t.repeat(2 * frames), encoder_hidden_states=text).sample
+        # the same frames with the halves' references swapped (what an interleaved reading would do)
+        eq.use()
+        mixed = unet(batch, t.repeat(2 * frames), encoder_hidden_states=text.roll(frames, 0)).sample
+    assert not torch.allclose(ref[0], ref[1], atol=1e-3)  # the two halves' references differ
+    assert torch.allclose(out, ref.repeat_interleave(frames, 0), atol=1e-5)
+    assert not torch.allclose(mixed, out, atol=1e-3)
+
+
+def test_cross_frame_layer_is_exactly_equivariant_per_group():
+    """At one attention layer: R references, B = R * F queries that are permutations of their group's reference."""
+    torch.manual_seed(2)
+    attn = _attn(_unet())
+    ref = torch.randn(2, 32, 6, 6)
+    state = {"mode": "record", "counter": {}, "cache": {}, "detach": True}
+    p = CrossFrameAttnProcessor("a", state)
+    y = p(attn, ref)
+    perms = [torch.randperm(36) for _ in range(3)]
+    permute = lambda t, perm: t.flatten(1)[:, perm].view_as(t)  # (C, H, W): re-index the pixels
+    frames = torch.stack([permute(ref[g], perm) for g in range(2) for perm in perms])
+    state.update(mode="use", counter={})
+    out = p(attn, frames)
+    expected = torch.stack([permute(y[g], perm) for g in range(2) for perm in perms])
+    assert torch.allclose(out, expected, atol=1e-5)
+    state.update(mode="use", counter={})
+    with pytest.raises(ValueError, match="multiple of the reference batch"):
+        p(attn, torch.randn(3, 32, 6, 6))

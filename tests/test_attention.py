@@ -110,7 +110,7 @@ def test_cfg_batched_frames_use_their_own_halfs_reference():
         batch = torch.cat([x] * (2 * frames))  # torch.cat([latents] * 2) of F identical frames
         text = torch.cat([uncond] * frames + [cond] * frames)
         out = unet(batch, t.repeat(2 * frames), encoder_hidden_states=text).sample
-        # the same frames with the halves' references swapped (what an interleaved reading would do)
+        # same references, texts of the halves swapped: the text path is live, so a mix-up would show
         eq.use()
         mixed = unet(batch, t.repeat(2 * frames), encoder_hidden_states=text.roll(frames, 0)).sample
     assert not torch.allclose(ref[0], ref[1], atol=1e-3)  # the two halves' references differ

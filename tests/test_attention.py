@@ -13,6 +13,14 @@ def _unet():
                        layers_per_block=1, norm_num_groups=8, attention_head_dim=8).eval()
 
 
+def _conditional_unet():
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                                cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8).eval()
+
+
 def _attn(unet):
     return [m for n, m in unet.named_modules() if type(m).__name__ == "Attention"][0]
 
@@ -58,11 +66,7 @@ def test_reference_pass_equals_plain_and_restore():
 
 def test_cfg_batch_layout():
     """Under CFG the batch is [uncond..., cond...]; each half uses its own reference half."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                                cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8).eval()
+    unet = _conditional_unet()
     x = torch.randn(1, 4, 8, 8)
     enc = torch.randn(2, 5, 16)  # [uncond, cond]
     xx, t = torch.cat([x, x]), torch.tensor([5, 5])
@@ -87,14 +91,6 @@ def test_missing_reference_raises():
         eq.use()
         with pytest.raises(ValueError):
             unet(torch.randn(1, 4, 8, 8), torch.tensor([1]))
-
-
-def _conditional_unet():
-    torch.manual_seed(0)
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32),
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                                cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8).eval()
 
 
 def test_cfg_batched_frames_use_their_own_halfs_reference():

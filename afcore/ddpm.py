@@ -24,6 +24,27 @@ from tqdm.auto import tqdm
 
 from afcore import layers, signal
 
+# Anjum et al.'s table (the reference repository's README): Inception IS / FID / KID x100, 2,000 samples of the
+# 999-step ancestral sampler, single runs, CIFAR-10 / MNIST-M / MNIST at 32 px.
+PAPER_TABLE = {
+    "cifar10": {"A": (4.54, 98.77, 5.97), "B-0": (4.71, 94.23, 5.44), "C-0": (3.75, 129.42, 7.92),
+                "D-0": (4.33, 97.44, 6.67), "B-1": (4.63, 121.45, 6.90), "C-1": (3.56, 138.88, 10.47),
+                "D-1": (4.32, 108.06, 7.42), "B-1N": (4.63, 125.71, 6.64), "C-1N": (3.99, 107.37, 6.96),
+                "D-1N": (4.51, 90.21, 5.54), "B-2N": (4.34, 109.96, 7.65), "C-2N": (4.34, 95.11, 6.70),
+                "D-2N": (4.50, 102.28, 6.81)},
+    "mnist_m": {"A": (3.76, 85.00, 6.23), "B-0": (3.39, 93.81, 7.37), "C-0": (3.11, 124.10, 9.43),
+                "D-0": (3.33, 98.16, 7.56), "B-1": (3.40, 94.11, 7.40), "C-1": (3.48, 124.78, 7.86),
+                "D-1": (3.44, 114.27, 8.35), "B-1N": (3.71, 100.91, 7.53), "C-1N": (3.69, 144.41, 9.69),
+                "D-1N": (3.68, 108.14, 7.65), "B-2N": (4.14, 88.05, 5.47), "C-2N": (4.01, 101.59, 6.78),
+                "D-2N": (3.99, 82.46, 5.35)},
+    "mnist": {"A": (1.98, 9.61, 0.47), "B-0": (1.99, 10.23, 0.58), "C-0": (1.94, 14.07, 0.96),
+              "D-0": (1.94, 14.37, 1.01), "B-1": (1.97, 11.00, 0.64), "C-1": (1.97, 14.76, 1.05),
+              "D-1": (1.98, 16.08, 1.12), "B-1N": (1.97, 11.62, 0.72), "C-1N": (1.96, 15.95, 1.23),
+              "D-1N": (1.96, 14.25, 0.97), "B-2N": (2.00, 12.78, 0.87), "C-2N": (1.97, 16.73, 1.29),
+              "D-2N": (1.99, 11.19, 0.71)},
+}
+PAPER_DATASET = {"mnist": "mnist", "mnist_m": "mnist_m", "cifar10": "cifar10"}  # natural32 is not CIFAR-10
+
 CONFIGS = ("A",) + tuple(f"{k}-{b}{n}" for b in (0, 1, 2) for n in ("", "N") for k in "BCD" if (b, n) != (2, ""))
 PAPER_CONFIGS = ("A", "B-0", "C-0", "D-0", "B-1", "C-1", "D-1", "B-1N", "C-1N", "D-1N", "B-2N", "C-2N", "D-2N")
 
@@ -125,8 +146,13 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
 
 
 class ConfigUNet(nn.Module):
-    """The Config A-D U-Net. ``base`` channels at full resolution, doubling per level for ``levels`` levels
-    (the reference: base 64, 3 levels, attention after every down/up block)."""
+    """The Config A-D U-Net. ``base`` channels at full resolution, doubling per level (capped at 4x) for ``levels``
+    levels, self-attention after every down and up block, full resolution included.
+
+    With ``levels=3`` this is the reference's network: encoder b, 2b, 4b, 4b; bottleneck 4b -> 8b -> 8b -> 4b;
+    decoder ``Up(8b -> 2b)``, ``Up(4b -> b)``, ``Up(2b -> b)`` (each Up takes the up-sampled input concatenated with
+    its skip and returns the next level's width), attention after each. The reference passes the image size as the
+    width, so its 32 px models have b = 32 (5.9 M parameters for 3-channel images)."""
 
     def __init__(self, config: str = "A", in_channels: int = 1, base: int = 32, levels: int = 3,
                  attention: bool = True, emb_dim: int = 256, filter_method: str = "kaiser"):
@@ -147,10 +173,12 @@ class ConfigUNet(nn.Module):
                                         DoubleConv(deep * 2, deep, cfg))
         self.ups = nn.ModuleList()
         self.up_attn = nn.ModuleList()
+        width_in = deep
         for i in reversed(range(levels)):
-            out = widths[i] if i > 0 else widths[0]
-            self.ups.append(Up(widths[i + 1] + widths[i], out, cfg, emb_dim))
-            self.up_attn.append(SelfAttention(out) if attention and i > 0 else nn.Identity())
+            out = widths[i - 1] if i > 0 else widths[0]
+            self.ups.append(Up(width_in + widths[i], out, cfg, emb_dim))
+            self.up_attn.append(SelfAttention(out) if attention else nn.Identity())
+            width_in = out
         self.outc = nn.Conv2d(widths[0], in_channels, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -180,38 +208,97 @@ def make_scheduler(kind: str = "ddpm", num_train_timesteps: int = 1000):
 
 
 def ddpm_loss(model, x0: torch.Tensor, scheduler, generator: torch.Generator | None = None):
-    """Ho et al.'s epsilon loss at uniformly drawn timesteps (Algorithm 1).
+    """Ho et al.'s epsilon loss (Algorithm 1) at timesteps drawn uniformly from 1..T-1, as the reference code does.
 
     Timesteps and noise are drawn on ``x0``'s device (pass a ``generator`` on that device for a seeded run)."""
     if generator is not None and generator.device != x0.device:
         raise ValueError(f"generator is on {generator.device} but x0 on {x0.device}: draw the noise where it is used "
                          "(afcore.utils.make_generator(seed, device))")
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    t = torch.randint(1, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     noisy = scheduler.add_noise(x0, noise, t)
     return F.mse_loss(model(noisy, t), noise)
 
 
+ROTATIONS = ("spline-wrap", "fourier")
+
+
+def rotate_step(x: torch.Tensor, degrees: float, rotation: str = "spline-wrap", boundary: str = "zeros"):
+    """One Config E rotation of ``x_t``, counter-clockwise as displayed.
+
+    ``"spline-wrap"`` is the reference's: cubic B-spline interpolation (``scipy.ndimage.rotate``, order 3) whose
+    samples outside the grid wrap around, so no zeros enter the noisy image; it runs on the CPU, as in the reference
+    (one round trip per step). ``"fourier"``: our band-limited three-shear rotation on the device, with ``boundary``
+    padding (``zeros`` writes zeros into the corners of x_t at every step)."""
+    if rotation == "spline-wrap":
+        import scipy.ndimage
+
+        out = scipy.ndimage.rotate(x.detach().cpu().double().numpy(), degrees, axes=(-2, -1), reshape=False,
+                                   mode="grid-wrap", order=3)
+        return torch.from_numpy(out).to(x.device, x.dtype)
+    if rotation == "fourier":
+        return signal.rotate(x, degrees, boundary=boundary)
+    raise ValueError(f"rotation must be one of {list(ROTATIONS)}, got {rotation!r}")
+
+
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, steps: int = 50, kind: str = "ddim", rotate_to: float = 0.0,
            boundary: str = "zeros", eta: float = 0.0, generator: torch.Generator | None = None,
-           progress: bool = False) -> torch.Tensor:
-    """Reverse diffusion from ``noise``; with ``rotate_to`` = phi (degrees), Config E's progressive rotation:
-    after every reverse step x_t is rotated by phi/steps (band-limited Fourier rotation, ``boundary`` padding), so
-    the sample ends rotated by phi. ``rotate_to=0`` is the plain sampler."""
+           progress: bool = False, rotation: str = "fourier") -> torch.Tensor:
+    """Reverse diffusion from ``noise`` with a diffusers scheduler (DDIM by default, ``steps`` steps).
+
+    With ``rotate_to`` = phi (degrees), Config E's progressive rotation: after every reverse step x_t is rotated by
+    phi/steps (``rotate_step``), so the sample ends rotated by phi. ``rotate_to=0`` is the plain sampler. The
+    reference protocol (999 ancestral steps, spline rotation) is ``ancestral_sample``."""
     scheduler = make_scheduler(kind)
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, device=noise.device)
     x = noise
     per_step = rotate_to / len(scheduler.timesteps)
     for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
-        eps = model(x, torch.full((x.shape[0],), int(t), device=x.device))
+        eps = model(x, t.expand(x.shape[0]))
         if kind == "ddim":
             x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
         else:
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         if per_step:
-            x = signal.rotate(x, per_step, boundary=boundary)
+            x = rotate_step(x, per_step, rotation, boundary)
     return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def ancestral_sample(model, noise: torch.Tensor, generator: torch.Generator, num_train_timesteps: int = 1000,
+                     rotate_to: float = 0.0, rotation: str = "spline-wrap", boundary: str = "zeros",
+                     progress: bool = False) -> torch.Tensor:
+    """The reference code's sampler (Ho et al. Algorithm 2) and its Config E rotation.
+
+    Steps i = T-1 .. 1 (999 for T = 1000); x <- (x - (1 - a_i) / sqrt(1 - abar_i) eps) / sqrt(a_i) + sqrt(beta_i) z
+    with z ~ N(0, I) drawn from ``generator`` on the device (z = 0 at i = 1). With ``rotate_to`` = phi, x is rotated
+    by phi / T after every step (``rotate_step``; the reference: cubic spline, wrap-around), so the sample ends rotated
+    by phi (T-1)/T. Returns the sample clamped to [-1, 1]."""
+    if generator.device != noise.device:
+        raise ValueError(f"generator is on {generator.device} but noise on {noise.device}")
+    betas = torch.linspace(1e-4, 0.02, num_train_timesteps, device=noise.device, dtype=torch.float64)
+    alphas = 1 - betas
+    alpha_bar = torch.cumprod(alphas, 0)
+    per_step = rotate_to / num_train_timesteps
+    x = noise
+    for i in tqdm(range(num_train_timesteps - 1, 0, -1), disable=not progress, desc="ancestral sampling"):
+        eps = model(x, torch.full((x.shape[0],), i, device=x.device, dtype=torch.long))
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if i > 1 else torch.zeros_like(x)
+        mean = (x - ((1 - alphas[i]) / (1 - alpha_bar[i]).sqrt()).to(x.dtype) * eps) / alphas[i].sqrt().to(x.dtype)
+        x = mean + betas[i].sqrt().to(x.dtype) * z
+        if per_step:
+            x = rotate_step(x, per_step, rotation, boundary)
+    return x.clamp(-1, 1)
+
+
+def applied_rotation(rotate_to: float, protocol: str, steps: int, num_train_timesteps: int = 1000) -> float:
+    """The total angle a Config E run applies: phi for our DDIM protocol, phi (T-1)/T for the reference's."""
+    if protocol == "reference":
+        return rotate_to * (num_train_timesteps - 1) / num_train_timesteps
+    if protocol == "ddim":
+        return rotate_to
+    raise ValueError(f"rotation_protocol must be 'reference' or 'ddim', got {protocol!r}")
 
 
 def save_unet(model: ConfigUNet, path) -> None:
@@ -222,6 +309,10 @@ def save_unet(model: ConfigUNet, path) -> None:
 
 
 def load_unet(path) -> ConfigUNet:
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} not found: run the configs_train stage first (`dvc repro configs_train`)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = ConfigUNet(**state["init_args"])
     model.load_state_dict(state["state_dict"])

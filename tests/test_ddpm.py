@@ -101,3 +101,51 @@ def test_two_cpu_processes_stay_in_sync(tmp_path):
     torch.manual_seed(0)
     init = torch.cat([p.flatten() for p in ddpm.ConfigUNet("D-1N", 1, base=8, levels=1, attention=False).parameters()])
     assert not torch.equal(init, r0["params"])
+
+
+def test_the_unet_has_the_reference_widths_and_full_resolution_attention():
+    b = 32
+    model = ddpm.ConfigUNet("A", in_channels=3, base=b, levels=3)
+    ups = [(u.convs[0].net[0].in_channels, u.convs[1].net[3].out_channels) for u in model.ups]
+    assert ups == [(8 * b, 2 * b), (4 * b, b), (2 * b, b)]  # the reference's up1, up2, up3
+    assert all(isinstance(a, ddpm.SelfAttention) for a in model.up_attn)  # sa4, sa5 and sa6 (full resolution)
+    assert sum(p.numel() for p in model.parameters()) == 5_897_155  # the reference UNet(c_in=3, image_size=32)
+
+
+def test_ancestral_sampler_is_algorithm_2_of_ho_et_al():
+    import numpy as np
+
+    class Linear(torch.nn.Module):
+        def forward(self, x, t):
+            return 0.1 * x + 1e-4 * t.view(-1, 1, 1, 1).to(x.dtype)
+
+    T = 12
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = ddpm.ancestral_sample(Linear(), x_T, torch.Generator().manual_seed(5), num_train_timesteps=T)
+    betas = np.linspace(1e-4, 0.02, T)
+    alphas, g, x = 1 - betas, torch.Generator().manual_seed(5), x_T.numpy().copy()
+    abar = np.cumprod(alphas)
+    for i in range(T - 1, 0, -1):
+        eps = 0.1 * x + 1e-4 * i
+        z = torch.randn(x.shape, generator=g, dtype=torch.float64).numpy() if i > 1 else 0.0
+        x = (x - (1 - alphas[i]) / np.sqrt(1 - abar[i]) * eps) / np.sqrt(alphas[i]) + np.sqrt(betas[i]) * z
+    np.testing.assert_allclose(ours.numpy(), np.clip(x, -1, 1), rtol=0, atol=1e-12)
+
+
+def test_reference_rotation_wraps_and_ours_zero_fills_the_corners():
+    ones = torch.ones(1, 1, 16, 16, dtype=torch.float64)
+    spline = ddpm.rotate_step(ones, 30.0, "spline-wrap")
+    torch.testing.assert_close(spline, ones, rtol=0, atol=1e-9)  # nothing enters from outside the grid
+    fourier = ddpm.rotate_step(ones, 30.0, "fourier", boundary="zeros")
+    assert float(fourier[0, 0, 0, 0]) < 0.2 and float(fourier[0, 0, 8, 8]) == pytest.approx(1.0, abs=0.05)
+    assert ddpm.applied_rotation(90.0, "reference", steps=25) == pytest.approx(89.91)
+    assert ddpm.applied_rotation(90.0, "ddim", steps=25) == 90.0
+    with pytest.raises(ValueError, match="rotation"):
+        ddpm.rotate_step(ones, 3.0, "bilinear")
+
+
+def test_paper_table_has_every_config_for_every_data_set():
+    for dataset, rows in ddpm.PAPER_TABLE.items():
+        assert set(rows) == set(ddpm.PAPER_CONFIGS), dataset
+    assert ddpm.PAPER_TABLE["mnist"]["B-1N"] == (1.97, 11.62, 0.72)
+    assert ddpm.PAPER_TABLE["mnist_m"]["C-1N"][1] == 144.41

@@ -56,7 +56,7 @@ def random_crops(n: int, size: int, seed: int = 0, flips: bool = True, images=No
         raise ValueError(f"n must be >= 1 and size >= 4, got n={n}, size={size}")
     images = images if images is not None else natural_images()
     rng = np.random.default_rng(seed)
-    out = torch.empty(n, 3, size, size)
+    out = torch.empty(n, 3, size, size, device="cpu")
     tensors = [torch.from_numpy(img).permute(2, 0, 1) for img in images]
     for i in range(n):
         img = tensors[rng.integers(len(tensors))]
@@ -95,7 +95,7 @@ def mnist(source: str = "embedded", n: int | None = None, shuffle_seed: int | No
         labels = torch.tensor(y, dtype=torch.long)
     images = _pad_to_32(images * 2 - 1) if images.shape[-1] == 28 else images * 2 - 1
     if shuffle_seed is not None:
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(shuffle_seed))
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(shuffle_seed), device="cpu")
         images, labels = images[order], labels[order]
     return (images[:n], labels[:n]) if n else (images, labels)
 
@@ -232,7 +232,7 @@ def split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: floa
     """Seeded random train/test split."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed), device="cpu")
     n_test = max(1, int(round(images.shape[0] * test_fraction)))
     test, train = order[:n_test], order[n_test:]
     pick = (lambda idx: labels[idx]) if labels is not None else (lambda idx: None)

@@ -201,6 +201,7 @@ def calibrate_batchnorm(model: DigitClassifier, images: torch.Tensor, batch: int
     Used after training (the momentum-averaged statistics of a short run lag behind the weights) and for the random
     features. Returns the model in eval mode.
     """
+    model.to(images.device)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()

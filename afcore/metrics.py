@@ -76,30 +76,38 @@ def mean_sem(values) -> tuple[float, float]:
     return float(v.mean()), sem
 
 
+SPSNR_MODES = ("crop", "circular", "circular-valid")
+
+
 def spsnr(f: Callable, x: torch.Tensor, shift, scale: float = 1.0, peak: float | str = PEAK,
           mode: str = "crop", fx: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
     """Shift PSNR (AF-LDM): PSNR( f(T_d x), T_{s d} f(x) ) over the valid region of both shifts.
 
     ``scale`` is f's output/input size ratio (VAE encoder 1/8, decoder 8, U-Net 1). ``mode="crop"`` (default)
     zero-fills and masks the border on both sides; ``mode="circular"`` uses circular Fourier shifts and no mask
-    (for circularly padded or FFT-based models). Pass ``fx`` to reuse f(x). ``peak`` and ``per_sample`` as in
+    (for circularly padded or FFT-based models); ``mode="circular-valid"`` shifts circularly (the convention for
+    initial diffusion noise: a circularly shifted white noise is still white noise, a zero-filled one is not) and
+    compares only the pixels that did not wrap around. Pass ``fx`` to reuse f(x). ``peak`` and ``per_sample`` as in
     ``psnr`` (``peak="range"`` for latents; ``per_sample=True`` returns one value per sample, the reported form).
     """
+    if mode not in SPSNR_MODES:
+        raise ValueError(f"mode must be one of {list(SPSNR_MODES)}, got {mode!r}")
     d = signal._check_shift(shift)
-    shifted_in, _ = signal.shift(x, d, mode=mode)
+    shifted_in, _ = signal.shift(x, d, mode="crop" if mode == "crop" else "circular")
     out_shifted = f(shifted_in)
     fx = f(x) if fx is None else fx
     ds = (d[0] * scale, d[1] * scale)
-    target, mask = signal.shift(fx, ds, mode=mode)
-    if mode == "crop":
-        # the input's invalid border maps to a scaled border in the output
+    target, mask = signal.shift(fx, ds, mode="crop" if mode == "crop" else "circular")
+    if mode != "circular":
+        # crop: the input's invalid border maps to a scaled border in the output; circular-valid: compare only
+        # the pixels whose source did not wrap around
         mask = mask * signal.valid_mask(fx.shape[-2:], ds, fx.device).to(mask.dtype)
-    return psnr(out_shifted * mask, target, mask, peak, per_sample)
+    return psnr(out_shifted * mask, target * mask, mask, peak, per_sample)
 
 
 def _random_shift(size, fraction: float, generator: torch.Generator | None, integer: bool):
     h, w = size
-    u = torch.rand(2, generator=generator, dtype=torch.float64) * 2 - 1
+    u = torch.rand(2, generator=generator, dtype=torch.float64, device="cpu") * 2 - 1  # host-side draw
     d = (float(u[0]) * fraction * h, float(u[1]) * fraction * w)
     return (round(d[0]), round(d[1])) if integer else d
 
@@ -145,8 +153,8 @@ def eq_r(f: Callable, x: torch.Tensor, n: int = 8, peak: float = PEAK, angles=No
     """EQ-R: angles ~ U[-180, 180] degrees (or the given list), band-limited (Fourier) rotation of the input and
     of the output target, PSNR inside the inscribed circle pooled over the angles. Returns dB."""
     if angles is None:
-        angles = ((torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * 180).tolist()
+        angles = ((torch.rand(n, generator=generator, dtype=torch.float64, device="cpu") * 2 - 1) * 180).tolist()
     fx = f(x)
-    mask = signal.inscribed_circle_mask(*fx.shape[-2:], margin=1.0).to(fx.dtype).to(fx.device)
+    mask = signal.inscribed_circle_mask(*fx.shape[-2:], margin=1.0, device=fx.device).to(fx.dtype)
     errs = [mse(f(signal.rotate(x, a)) * mask, signal.rotate(fx, a) * mask, mask) for a in angles]
     return _db(torch.stack(errs).mean(), peak)

@@ -1,10 +1,13 @@
 """Run one notebook as a pipeline stage: jupytext piped into papermill, with parameter checks and an atomic output.
 
     python -m afcore.run notebooks/01_filters.py --params base,filters
+    python -m afcore.run notebooks/12_configs_train.py --params base,configs --set dataset=mnist config=A \
+        --output reports/12_configs_train/mnist-A.ipynb        (one member of a foreach/matrix stage)
 
 1. validates ``params.yaml`` (unknown keys or wrong types stop the stage with the key's name);
-2. collects the named sections (``section`` or ``section.key``) as notebook parameters and checks that each name
-   exists in the notebook's single ``parameters`` cell (papermill itself would only warn);
+2. collects the named sections (``section`` or ``section.key``) as notebook parameters, adds the ``--set name=value``
+   pairs (values parsed as YAML: the item of a DVC foreach/matrix stage), and checks that each name exists in the
+   notebook's single ``parameters`` cell (papermill itself would only warn);
 3. ``jupytext --to ipynb --set-kernel python3`` piped into ``papermill -k python3 --cwd <repo root>``;
 4. writes ``reports/<notebook>.ipynb`` through a temporary file, so a failed run leaves no half-written report.
 """
@@ -72,6 +75,18 @@ def stage_parameters(spec: str, params: dict) -> dict:
     return out
 
 
+def set_parameters(pairs) -> dict:
+    """``["dataset=mnist", "config=D-1N"]`` -> ``{"dataset": "mnist", "config": "D-1N"}`` (values parsed as YAML)."""
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise params_mod.ParamsError(f"--set {pair!r}: expected NAME=VALUE with NAME a notebook parameter")
+        parsed = yaml.safe_load(value)
+        out[name] = value if parsed is None else parsed
+    return out
+
+
 def run_notebook(notebook: str | Path, parameters: dict, output: str | Path, cwd: Path = REPO_ROOT) -> Path:
     notebook, output = Path(notebook), Path(output)
     declared = parameter_names(notebook)
@@ -116,10 +131,13 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebook")
     parser.add_argument("--params", default="base", help="comma-separated sections or section.key names")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="extra notebook parameters (a foreach/matrix item), values parsed as YAML")
     parser.add_argument("--output", default=None, help="default: reports/<notebook name>.ipynb")
     args = parser.parse_args(argv)
     params = params_mod.load()
     parameters = stage_parameters(args.params, params)
+    parameters.update(set_parameters(args.set))
     output = args.output or REPO_ROOT / "reports" / (Path(args.notebook).stem + ".ipynb")
     path = run_notebook(args.notebook, parameters, output)
     print(f"wrote {path}")

@@ -99,8 +99,9 @@ def fourier_shift(x: torch.Tensor, shift, impl: str = "fast") -> torch.Tensor:
         return _fourier_shift_axis(_fourier_shift_axis(x, dy, -2), dx, -1)
     h, w = x.shape[-2:]
     # out[i] = sum_m x[m] D(i - d - m): the band-limited interpolant evaluated at i - d.
-    my = _dirichlet(torch.arange(h)[:, None] - dy - torch.arange(h)[None, :], h).to(x.dtype)
-    mx = _dirichlet(torch.arange(w)[:, None] - dx - torch.arange(w)[None, :], w).to(x.dtype)
+    ar = lambda n: torch.arange(n, device=x.device)  # noqa: E731
+    my = _dirichlet(ar(h)[:, None] - dy - ar(h)[None, :], h).to(x.dtype)
+    mx = _dirichlet(ar(w)[:, None] - dx - ar(w)[None, :], w).to(x.dtype)
     return my @ x @ mx.T
 
 
@@ -249,8 +250,8 @@ def ideal_lowpass(x: torch.Tensor, cutoff: float, radial: bool = False, impl: st
     if impl == "ref":
         def circulant(n):
             # row i holds the filter's impulse response centred on i: h[(i - m) mod n]
-            impulse = torch.fft.ifft(_ideal_mask_1d(n, cutoff).to(torch.complex128)).real
-            idx = (torch.arange(n)[:, None] - torch.arange(n)[None, :]) % n
+            impulse = torch.fft.ifft(_ideal_mask_1d(n, cutoff, x.device).to(torch.complex128)).real
+            idx = (torch.arange(n, device=x.device)[:, None] - torch.arange(n, device=x.device)[None, :]) % n
             return impulse[idx].to(x.dtype)
         return circulant(h) @ x @ circulant(w).T
     cdtype = torch.complex64 if x.dtype != torch.float64 else torch.complex128
@@ -380,14 +381,14 @@ def radial_power_spectrum(x: torch.Tensor, n_bins: int | None = None):
     h, w = x.shape[-2:]
     n_bins = n_bins or min(h, w) // 2
     power = torch.fft.fft2(x.to(torch.float64)).abs().pow(2).reshape(-1, h, w).mean(0) / (h * w)
-    fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
-    fx = torch.fft.fftfreq(w, dtype=torch.float64)[None, :]
+    fy = torch.fft.fftfreq(h, dtype=torch.float64, device=x.device)[:, None]
+    fx = torch.fft.fftfreq(w, dtype=torch.float64, device=x.device)[None, :]
     r = torch.sqrt(fy**2 + fx**2).flatten()
-    edges = torch.linspace(0, 0.5, n_bins + 1, dtype=torch.float64)
+    edges = torch.linspace(0, 0.5, n_bins + 1, dtype=torch.float64, device=x.device)
     idx = torch.bucketize(r, edges, right=False).clamp(min=1) - 1
     keep = r <= 0.5
-    sums = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx[keep], power.flatten()[keep])
-    counts = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx[keep], torch.ones_like(r[keep]))
+    sums = torch.zeros(n_bins, dtype=torch.float64, device=x.device).index_add_(0, idx[keep], power.flatten()[keep])
+    counts = torch.zeros(n_bins, dtype=torch.float64, device=x.device).index_add_(0, idx[keep], torch.ones_like(r[keep]))
     centres = (edges[:-1] + edges[1:]) / 2
     return centres, sums / counts.clamp(min=1)
 
@@ -396,8 +397,8 @@ def zone_plate(h: int, w: int | None = None, max_freq: float = 0.5) -> torch.Ten
     """Circular zone plate ``cos(pi max_freq r^2 / R)``: local frequency grows linearly from 0 at the centre to
     ``max_freq`` cycles/sample at radius R (the half-diagonal's shorter side), a classic aliasing test pattern."""
     w = w or h
-    y = torch.arange(h, dtype=torch.float64) - (h - 1) / 2
-    x = torch.arange(w, dtype=torch.float64) - (w - 1) / 2
+    y = torch.arange(h, dtype=torch.float64, device="cpu") - (h - 1) / 2
+    x = torch.arange(w, dtype=torch.float64, device="cpu") - (w - 1) / 2
     r2 = y[:, None] ** 2 + x[None, :] ** 2
     big_r = min(h, w) / 2
     return torch.cos(math.pi * max_freq * r2 / big_r).float()
@@ -458,8 +459,8 @@ def rotate(x: torch.Tensor, angle: float, method: str = "fourier", boundary: str
     a, b = -math.tan(theta / 2), math.sin(theta)
     cy, cx = (flat.shape[-2] - 1) / 2, (flat.shape[-1] - 1) / 2
     # counter-clockwise as displayed: x' = x cos + y sin, y' = -x sin + y cos (y pointing down)
-    rows = torch.arange(flat.shape[-2], dtype=torch.float64) - cy
-    cols = torch.arange(flat.shape[-1], dtype=torch.float64) - cx
+    rows = torch.arange(flat.shape[-2], dtype=torch.float64, device=x.device) - cy
+    cols = torch.arange(flat.shape[-1], dtype=torch.float64, device=x.device) - cx
     out = _fourier_shift_lines(flat, -a * rows, -1)
     out = _fourier_shift_lines(out, -b * cols, -2)
     out = _fourier_shift_lines(out, -a * rows, -1)
@@ -481,10 +482,10 @@ def _rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:
     return out.reshape(*lead, h, w)
 
 
-def inscribed_circle_mask(h: int, w: int | None = None, margin: float = 0.0) -> torch.Tensor:
+def inscribed_circle_mask(h: int, w: int | None = None, margin: float = 0.0, device="cpu") -> torch.Tensor:
     """(H, W) float mask of the disk inscribed in the frame (minus ``margin`` pixels): what survives any rotation."""
     w = w or h
-    y = torch.arange(h, dtype=torch.float64) - (h - 1) / 2
-    x = torch.arange(w, dtype=torch.float64) - (w - 1) / 2
+    y = torch.arange(h, dtype=torch.float64, device=device) - (h - 1) / 2
+    x = torch.arange(w, dtype=torch.float64, device=device) - (w - 1) / 2
     r = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
     return (r <= min(h, w) / 2 - margin).float()

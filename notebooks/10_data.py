@@ -18,7 +18,7 @@
 # %% tags=["parameters"]
 profile = "cpu"
 seed = 0
-device = "cpu"
+device = "auto"
 datasets = ["mnist", "mnist_m", "natural32"]
 source = "embedded"
 n_images = 5000

@@ -45,6 +45,7 @@ def smoke_repo(tmp_path_factory):
     env["HF_HUB_OFFLINE"] = "1"
     env["HF_DATASETS_OFFLINE"] = "1"
     env["MPLBACKEND"] = "Agg"
+    env["AFCORE_DEVICE_GUARD"] = "1"  # a tensor factory without device= in our code fails the run (utils.DeviceGuard)
     _run(["git", "init", "-q"], root, env)
     _run([sys.executable, "-m", "afcore.params", "use", "smoke"], root, env)
     first = _run(["dvc", "repro"], root, env).stdout

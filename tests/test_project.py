@@ -62,6 +62,8 @@ def test_every_stage_passes_only_names_its_notebook_declares():
             assert m, f"stage {name}: cmd must run a notebook through afcore.run: {cmd}"
             notebook, spec = m.groups()
             passed = set(stage_parameters(spec, params))
+            sets = re.search(r"--set\s+((?:\w+=\S+\s*)+)", cmd)
+            passed |= {pair.split("=")[0] for pair in sets.group(1).split()} if sets else set()
             declared = set(parameter_names(REPO_ROOT / notebook))
             assert passed <= declared, f"stage {name}: {sorted(passed - declared)} not in {notebook}'s parameters"
             checked += 1

@@ -7,7 +7,7 @@ PROFILE ?= cpu
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install repro test lab bench exercises profile clean-venv check-claims claims
+.PHONY: install repro test lab bench bench-train exercises profile clean-venv check-claims claims smoke smoke-gpu
 
 install: $(STAMP)
 
@@ -40,6 +40,17 @@ exercises: install
 # make profile PROFILE=gpu   (or cpu, smoke): rewrites params.yaml from profiles/*.yaml
 profile: install
 	python -m afcore.params use $(PROFILE)
+
+# The whole pipeline on the smoke profile in a temporary copy: on the CPU (as the tests do) or on a GPU machine
+smoke: install
+	python -m afcore.smoke
+
+smoke-gpu: install
+	python -m afcore.smoke --device cuda
+
+# Training-loop options (bf16 autocast, torch.compile) against the plain loop -> metrics/bench_train.json
+bench-train: install
+	python -m afcore.bench_train
 
 # Numbers quoted in README/docs/notebook text against metrics/ (claims: rewrite them after a re-run, then re-read)
 check-claims: install

@@ -145,6 +145,9 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+ATTENTION = ("all", "below_full", "none")
+
+
 class ConfigUNet(nn.Module):
     """The Config A-D U-Net. ``base`` channels at full resolution, doubling per level (capped at 4x) for ``levels``
     levels, self-attention after every down and up block, full resolution included.
@@ -152,13 +155,19 @@ class ConfigUNet(nn.Module):
     With ``levels=3`` this is the reference's network: encoder b, 2b, 4b, 4b; bottleneck 4b -> 8b -> 8b -> 4b;
     decoder ``Up(8b -> 2b)``, ``Up(4b -> b)``, ``Up(2b -> b)`` (each Up takes the up-sampled input concatenated with
     its skip and returns the next level's width), attention after each. The reference passes the image size as the
-    width, so its 32 px models have b = 32 (5.9 M parameters for 3-channel images)."""
+    width, so its 32 px models have b = 32 (5.9 M parameters for 3-channel images).
+
+    ``attention``: ``"all"`` (the reference), ``"below_full"`` drops the full-resolution attention (on a CPU its
+    1024-token softmax costs several times the rest of the step; the cpu profile uses it), ``"none"``."""
 
     def __init__(self, config: str = "A", in_channels: int = 1, base: int = 32, levels: int = 3,
-                 attention: bool = True, emb_dim: int = 256, filter_method: str = "kaiser"):
+                 attention: bool | str = "all", emb_dim: int = 256, filter_method: str = "kaiser"):
         super().__init__()
         if levels < 1:
             raise ValueError(f"levels must be >= 1, got {levels}")
+        attention = {True: "all", False: "none"}.get(attention, attention)
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {list(ATTENTION)}, got {attention!r}")
         self.config, self.emb_dim = config, emb_dim
         self.init_args = dict(config=config, in_channels=in_channels, base=base, levels=levels, attention=attention,
                               emb_dim=emb_dim, filter_method=filter_method)
@@ -166,7 +175,7 @@ class ConfigUNet(nn.Module):
         widths = [base * 2 ** min(i, 2) for i in range(levels + 1)]  # 1x, 2x, 4x, 4x ... as the reference
         self.inc = DoubleConv(in_channels, widths[0], cfg)
         self.downs = nn.ModuleList(Down(widths[i], widths[i + 1], cfg, emb_dim) for i in range(levels))
-        self.down_attn = nn.ModuleList(SelfAttention(widths[i + 1]) if attention else nn.Identity()
+        self.down_attn = nn.ModuleList(SelfAttention(widths[i + 1]) if attention != "none" else nn.Identity()
                                        for i in range(levels))
         deep = widths[-1]
         self.bottleneck = nn.Sequential(DoubleConv(deep, deep * 2, cfg), DoubleConv(deep * 2, deep * 2, cfg),
@@ -177,7 +186,9 @@ class ConfigUNet(nn.Module):
         for i in reversed(range(levels)):
             out = widths[i - 1] if i > 0 else widths[0]
             self.ups.append(Up(width_in + widths[i], out, cfg, emb_dim))
-            self.up_attn.append(SelfAttention(out) if attention else nn.Identity())
+            full_res = i == 0
+            use = attention == "all" or (attention == "below_full" and not full_res)
+            self.up_attn.append(SelfAttention(out) if use else nn.Identity())
             width_in = out
         self.outc = nn.Conv2d(widths[0], in_channels, 1)
 

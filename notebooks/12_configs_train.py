@@ -17,7 +17,8 @@
 #
 # The network is the reference's (width $b$ at full resolution, $2b$, $4b$, $4b$ below; decoder
 # $8b \to 2b$, $4b \to b$, $2b \to b$; self-attention after every down and up block, the full-resolution one
-# included). Training is DDPM (Ho et al. Algorithm 1): linear betas $10^{-4}$..$0.02$, $T = 1000$, timesteps drawn
+# included; the cpu profile sets `attention = "below_full"`, dropping the full-resolution attention whose 1024-token
+# softmax costs about five times the rest of a CPU training step). Training is DDPM (Ho et al. Algorithm 1): linear betas $10^{-4}$..$0.02$, $T = 1000$, timesteps drawn
 # from $1..T-1$ as the reference does, $\epsilon$-prediction MSE, AdamW, through `afcore.train.train_loop`
 # (accelerate: the same loop runs on CPU, one GPU or several processes). Batches and noise are drawn on the device
 # from seeded generators. Checkpoints are written every `ckpt_every` steps; an interrupted run resumes where it
@@ -43,7 +44,7 @@ config_datasets = ["mnist", "mnist_m"]
 configs = ["A", "B-1N", "C-1N", "D-1N"]
 base_channels = 16
 levels = 2
-attention = True
+attention = "below_full"
 filter_method = "kaiser"
 train_steps = 250
 batch_size = 16
@@ -53,12 +54,13 @@ ckpt_every = 100
 amp = False
 compile = False
 n_samples = 200
+quality_sampler = "ddim"
 sample_steps = 25
 spsnr_shifts = [0.125, 0.25, 0.5]
 spsnr_images = 16
 rotation_protocol = "reference"
-rotation_angles = [-90.0, -45.0, 0.0, 45.0, 90.0]
-rotation_seeds = 8
+rotation_angles = [-90.0, 0.0, 90.0]
+rotation_seeds = 4
 rotation_boundary = "zeros"
 
 # %%

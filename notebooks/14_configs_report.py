@@ -18,7 +18,7 @@ config_datasets = ["mnist", "mnist_m"]
 configs = ["A", "B-1N", "C-1N", "D-1N"]
 base_channels = 16
 levels = 2
-attention = True
+attention = "below_full"
 filter_method = "kaiser"
 train_steps = 250
 batch_size = 16
@@ -28,12 +28,13 @@ ckpt_every = 100
 amp = False
 compile = False
 n_samples = 200
+quality_sampler = "ddim"
 sample_steps = 25
 spsnr_shifts = [0.125, 0.25, 0.5]
 spsnr_images = 16
 rotation_protocol = "reference"
-rotation_angles = [-90.0, -45.0, 0.0, 45.0, 90.0]
-rotation_seeds = 8
+rotation_angles = [-90.0, 0.0, 90.0]
+rotation_seeds = 4
 rotation_boundary = "zeros"
 
 # %%

@@ -5,15 +5,13 @@ Never touches the user's params.yaml: the copy gets its own, written by `python 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from afcore import smoke
 from afcore.utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -28,26 +26,10 @@ def _run(cmd, cwd, env, timeout=3000):
 
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory):
+    """The same preparation as `python -m afcore.smoke` (and `make smoke-gpu`): a copy with the smoke profile,
+    no dvc.lock, offline hubs, and the device guard on (a tensor factory without device= in our code fails)."""
     root = tmp_path_factory.mktemp("pipeline")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        src = REPO_ROOT / rel
-        if src.is_file():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, root / rel)
-    # Stage outputs start absent, as on a fresh clone, so every stage really runs.
-    for rel in ("dvc.lock",):
-        (root / rel).unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(root)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["HF_DATASETS_OFFLINE"] = "1"
-    env["MPLBACKEND"] = "Agg"
-    env["AFCORE_DEVICE_GUARD"] = "1"  # a tensor factory without device= in our code fails the run (utils.DeviceGuard)
-    _run(["git", "init", "-q"], root, env)
-    _run([sys.executable, "-m", "afcore.params", "use", "smoke"], root, env)
+    env = smoke.prepare(root, device="cpu")
     first = _run(["dvc", "repro"], root, env).stdout
     return root, env, first
 
@@ -60,12 +42,27 @@ def test_every_stage_runs_and_writes_its_outputs(smoke_repo):
         assert any(k == name or k.startswith(name + "@") for k in lock), f"stage {name} did not run"
     for report in (root / "reports").glob("*.ipynb"):
         assert report.stat().st_size > 0
-    metrics = sorted((root / "metrics").glob("*.json"))
+    metrics = sorted((root / "metrics").rglob("*.json"))
     assert metrics, "no metrics written"
     for m in metrics:
-        json.loads(m.read_text())
+        _assert_finite_numbers(json.loads(m.read_text()), m.name)
     # the smoke run must not have edited the user's params.yaml
     assert "profile: cpu" in (REPO_ROOT / "params.yaml").read_text()
+
+
+def _assert_finite_numbers(node, where):
+    """Every number a stage writes is finite (NaN/inf are written as strings by save_json: none allowed) and every
+    quantity named in dB or as a PSNR lies in a plausible range."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and ("db" in k.lower() or "psnr" in k.lower()):
+                assert -50.0 < v < 400.0, f"{where}: {k} = {v}"
+            _assert_finite_numbers(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _assert_finite_numbers(v, f"{where}[{i}]")
+    elif isinstance(node, str):
+        assert node not in ("nan", "inf", "-inf"), f"{where} is {node}"
 
 
 def test_second_repro_runs_nothing(smoke_repo):

@@ -127,3 +127,20 @@ def test_theory_notebooks_have_exercises_with_solutions():
         nb = next((p for p in NOTEBOOKS if p.name.startswith(stem)), None)
         assert nb is not None, f"theory notebook {stem}* missing"
         assert nb.read_text().count('tags=["solution"]') >= 2, f"{nb.name}: needs 2-3 exercises with solutions"
+
+
+def test_set_parameters_parse_yaml_values_and_reject_malformed_pairs():
+    from afcore.run import set_parameters
+
+    assert set_parameters(["dataset=mnist_m", "config=D-1N", "steps=3", "flag=true"]) == {
+        "dataset": "mnist_m", "config": "D-1N", "steps": 3, "flag": True}
+    for bad in ("noequals", "1x=3", "=3"):
+        with pytest.raises(P.ParamsError, match="--set"):
+            set_parameters([bad])
+
+
+def test_matrix_stages_expand_to_one_stage_per_data_set_and_config():
+    stages = _stages()
+    assert set(stages["configs_train"]["matrix"]) == {"dataset", "config"}
+    assert "--set dataset=${item.dataset}" in " ".join(stages["configs_train"]["cmd"].split())
+    assert stages["configs_eval"]["foreach"] == "${configs.config_datasets}"

@@ -57,3 +57,33 @@ def test_ema_lags_behind_the_weights(tmp_path):
     assert not torch.equal(e, p) and not torch.equal(e, s)
     # the average mostly sits between the start and the current weights, coordinate by coordinate
     assert ((e - s) * (p - e) >= 0).float().mean() > 0.6
+
+
+def test_seeded_ddpm_runs_repeat_exactly_and_amp_runs_in_bf16(tmp_path):
+    """Two runs with the same seed (batches and noise from per-step generators on the device) end with identical
+    weights; an amp run computes its forward pass in bf16 (so it must differ a little) and still learns."""
+    from afcore import ddpm
+    from afcore.train import batch_sampler
+    from afcore.utils import make_generator
+
+    images = torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(0), device="cpu") * 2 - 1
+    scheduler = ddpm.make_scheduler()
+
+    def run(name, amp=False):
+        torch.manual_seed(0)
+        model = ddpm.ConfigUNet("B-1N", in_channels=1, base=8, levels=1, attention="none")
+        get_batch = batch_sampler(images, batch_size=8, seed=3, device="cpu")
+
+        def loss_fn(m, b, step):
+            x0, s = b
+            return ddpm.ddpm_loss(m, x0, scheduler, make_generator(s, x0.device)), {}
+
+        model, _, hist = train_loop(model, loss_fn, get_batch, steps=4, lr=1e-3, ckpt_dir=tmp_path / name, amp=amp)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), hist
+
+    a, hist_a = run("a")
+    b, _ = run("b")
+    assert torch.equal(a, b)
+    c, hist_c = run("c", amp=True)
+    assert not torch.equal(a, c)
+    assert abs(hist_c[0]["loss"] - hist_a[0]["loss"]) < 0.05 * hist_a[0]["loss"]  # same batch, bf16 rounding only

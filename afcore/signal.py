@@ -357,7 +357,7 @@ def upsample(x: torch.Tensor, factor: int = 2, method: str = "ideal", numtaps: i
     the (even, even), (even, odd) and (odd, odd) output pixels, about 0.88-1.10 c for beta 1, normalised. That is the
     paper's filter, reproduced: a 3x3 kernel *can* have equal phase gains (the bilinear tent [1, 2, 1] / 4 does),
     but the windowed jinc is not designed as such a (Nyquist) filter; a longer Kaiser filter brings the ripple
-    down (0.3% at 13 taps, beta 8). Their code also omits the gain factor**2, which this function keeps.
+    down (below 1e-4 at 13 taps, beta 8). Their code also omits the gain factor**2, which this function keeps.
     """
     x = _check_image(x)
     factor = _check_factor(factor)

@@ -286,3 +286,43 @@ def test_conditional_models_save_load_round_trip_is_bit_identical(tmp_path):
     ckw = dict(kw, controlnet_cond=_cond_image())
     for a, b in zip(_run_controlnet(loaded, **ckw), _run_controlnet(net, **ckw)):
         torch.testing.assert_close(a, b, **ROUND_TRIP_TOL)
+
+
+# ------------------------------------------------------------ fast / reference paths and the Nyquist option
+def test_patched_models_use_the_fast_path_and_agree_with_the_reference_path():
+    from afcore.surgery import patched_modules
+
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    vae = make_alias_free(tiny_vae())
+    switchable = [m for m in vae.modules() if hasattr(m, "af_impl")]
+    counts = patched_modules(vae)
+    # every patched resampler and every filtered activation (with its two inner resamplers) follows the switch
+    assert len(switchable) == counts["Downsample2D"] + counts["Upsample2D"] + 3 * counts["ResnetBlock2D"]
+    assert all(m.af_impl is None for m in switchable) and layers.get_default_impl() == "fast"
+    fast = _decode(vae, x)
+    layers.set_impl(vae, "ref")
+    assert all(m.af_impl == "ref" for m in switchable)
+    torch.testing.assert_close(fast, _decode(vae, x), rtol=1e-4, atol=1e-5)  # float32, other summation order
+    unet = make_alias_free(tiny_unet(), impl="ref")
+    assert all(m.af_impl == "ref" for m in unet.modules() if hasattr(m, "af_impl"))
+
+
+def test_nyquist_option_is_recorded_reapplied_and_changes_what_the_downsampler_keeps(tmp_path):
+    from diffusers import UNet2DModel
+
+    with pytest.raises(ValueError, match="nyquist must be one of"):
+        make_alias_free(tiny_unet(), nyquist="third")
+    half = make_alias_free(tiny_unet(), nyquist="half")
+    assert half._alias_free_patch["nyquist"] == "half"
+    assert "nyquist" not in make_alias_free(tiny_unet())._alias_free_patch  # default records stay as before
+    again = load_alias_free(UNet2DModel, save_alias_free(half, tmp_path / "unet"))
+    down = again.down_blocks[0].downsamplers[0]
+    assert down.af_nyquist == "half"
+    down.use_conv = False
+    # a checkerboard along W at the new Nyquist frequency (1/4 cycle/sample): kept at half amplitude, or removed
+    n = torch.arange(16, dtype=torch.float32)
+    x = torch.cos(torch.pi * n / 2).expand(1, 8, 16, 16)
+    torch.testing.assert_close(down(x), 0.5 * torch.cos(torch.pi * torch.arange(8.0)).expand(1, 8, 8, 8),
+                               rtol=0, atol=1e-5)
+    down.af_nyquist = "zero"
+    assert down(x).abs().max() < 1e-5

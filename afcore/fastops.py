@@ -2,12 +2,14 @@
 
 Same results as the readable definitions in ``afcore.signal`` (``impl="ref"``), computed with less work:
 
-- Kaiser FIR resampling is polyphase and separable: down-sampling filters each axis with a strided 1-D convolution,
-  up-sampling splits the filter into ``factor`` phases per axis and interleaves them with ``pixel_shuffle``, so no
-  zero-inserted tensor exists and a 13-tap filter costs 13/2 + 13 multiply-adds per output, not 169. Radially
-  symmetric (jinc) kernels are not separable: they get the 2-D polyphase version of the same idea.
-- Ideal resampling works on real FFTs of the input: up-sampling zero-pads its half-spectrum, down-sampling crops and
-  folds it (the aliases of the kept band), so no full-size complex spectrum or mask multiply at the big size.
+- Separable resamplers (ideal, and Kaiser-windowed sinc) are two small matrix products per image, ``M_h x M_w^T``,
+  with the 1-D resampling matrices built once per (size, filter, device, dtype) and cached. The matrix holds the
+  whole operation: zero insertion, filter (circular or zero padding), gain, every-f-th sample. For the feature-map
+  sizes of these models (up to a few hundred pixels) BLAS does this far faster than FFTs or depthwise convolutions
+  on a CPU, and on a GPU it is a batched GEMM (run with TF32 off, so the filters stay fp32-exact). Axes longer than
+  ``MATMUL_MAX`` fall back to real FFTs (ideal: zero-padded or cropped half-spectra) or strided convolutions (FIR).
+- Radially symmetric (jinc) kernels are not separable: they run as one depthwise (transposed) convolution in
+  channels-last layout, where oneDNN's depthwise kernels are several times faster than in NCHW.
 - The filtered nonlinearity (up-sample, activation, low-pass, down-sample) is one autograd function that keeps only
   its input for the backward pass and recomputes the up-sampled activation there (activation checkpointing): the
   4x-sized intermediates never outlive one call.
@@ -15,23 +17,26 @@ Same results as the readable definitions in ``afcore.signal`` (``impl="ref"``), 
 Precision: the filters run in float32 (float64 inputs stay float64) with autocast off; bf16/fp16 inputs are cast to
 float32 inside and the result is cast back, so a bf16 model gets fp32 filters.
 
-CUDA: ``filtered_activation`` may run through ``torch.compile`` (inductor, Triton kernels) when the tensor is on a
-CUDA device, Triton can be imported and ``AFCORE_COMPILE`` is not ``0``. If compilation fails (no compiler, no
-Triton), it warns once and falls back to the eager fast path below. The compiled path has not been verified on a GPU.
+CUDA: with ``AFCORE_COMPILE=1``, ``filtered_activation`` on a CUDA tensor runs through ``torch.compile`` (inductor,
+Triton kernels) if Triton can be imported; if compilation fails it warns once and falls back to the eager fast path.
+It is opt-in because it has not been verified on a GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 NYQUIST = ("zero", "half")
+MATMUL_MAX = 1024  # longest axis (input or output) resampled by matrix product; longer ones use FFT / convolution
 
 
 class FirSpec(NamedTuple):
@@ -47,131 +52,237 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# ----------------------------------------------------------------------------------------------- padding
-def _pad(x: torch.Tensor, lo: int, hi: int, dim: int, padding: str) -> torch.Tensor:
-    """Pad ``lo`` / ``hi`` samples before / after along ``dim`` (circular wraps as often as needed, or zeros)."""
-    if lo == 0 and hi == 0:
-        return x
-    n = x.shape[dim]
-    if padding == "circular":
-        idx = torch.arange(-lo, n + hi, device=x.device) % n
-        return x.index_select(dim, idx)
-    pad = [0, 0, 0, 0]
-    pad[(-1 - dim) * 2:(-1 - dim) * 2 + 2] = [lo, hi]  # F.pad lists the last dim first
-    return F.pad(x, pad)
+@contextlib.contextmanager
+def _exact(device: torch.device):
+    """Autocast off, and on CUDA TF32 off for the filter products (10-bit mantissas would make them approximate)."""
+    with torch.autocast(device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-# ----------------------------------------------------------------------------------------------- FIR kernels
-def _phase_range(n: int, f: int) -> tuple[int, int]:
-    """Smallest and largest s with 0 <= f*s + p + n//2 <= n-1 for some phase p in [0, f)."""
-    half = n // 2
-    return -((f - 1 + half) // f), (n - 1 - half) // f
-
-
-def _phase_matrix(taps, f: int):
-    """(f, K) correlation weights: phase p of the up-sampled output is ``sum_t xpad[i + t] w[p, t]``.
-
-    Up-sampling by zero insertion then the centred filter ``taps`` gives out[f i + p] = sum_s x[i - s] taps[f s + p +
-    half]; with the input padded by ``s_hi`` before and ``-s_lo`` after, the tap for offset t is s = s_hi - t.
-    """
-    import numpy as np
-
-    n = len(taps)
-    s_lo, s_hi = _phase_range(n, f)
-    k = s_hi - s_lo + 1
-    w = np.zeros((f, k))
-    for p in range(f):
-        for t in range(k):
-            j = f * (s_hi - t) + p + n // 2
-            if 0 <= j < n:
-                w[p, t] = taps[j]
-    return w
-
-
-@functools.lru_cache(maxsize=64)
-def _fir_weights(spec: FirSpec, device: torch.device, dtype: torch.dtype) -> dict:
-    """Convolution weights of the fast Kaiser resamplers, built once per (filter, device, dtype)."""
-    import numpy as np
-
+@functools.lru_cache(maxsize=16)
+def _taps(spec: FirSpec) -> np.ndarray:
     from afcore import signal
 
-    taps = signal._kaiser_taps(spec.factor, spec.numtaps, spec.beta, spec.radial, spec.normalize)
-    taps = taps.to(torch.float64).numpy()
-    f = spec.factor
-    n = taps.shape[-1]
-    s_lo, s_hi = _phase_range(n, f)
-    out = {"n": n, "up_pad": (s_hi, -s_lo), "half": n // 2}
-
-    def tensor(a):
-        return torch.tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
-
-    if taps.ndim == 1:
-        phases = _phase_matrix(taps * f, f)  # gain f per axis (f**2 in all) folded into the taps
-        k = phases.shape[1]
-        out["up_h"] = tensor(phases.reshape(f, 1, k, 1))
-        # W pass: grouped over the f H-phases, each with the same f W-phases -> channel py*f + px (pixel_shuffle)
-        out["up_w"] = tensor(np.tile(phases, (f, 1)).reshape(f * f, 1, 1, k))
-        flipped = taps[::-1]  # conv2d correlates
-        out["down_h"] = tensor(flipped.reshape(1, 1, n, 1))
-        out["down_w"] = tensor(flipped.reshape(1, 1, 1, n))
-    else:
-        # the 1-D phase map applied to tap indices (+1; 0 = no tap) places kernel row a / column b per (p, t)
-        py_map = _phase_matrix(np.arange(1, n + 1, dtype=float), f)
-        k = py_map.shape[1]
-        w = np.zeros((f, f, k, k))
-        for py in range(f):
-            for px in range(f):
-                for ty in range(k):
-                    for tx in range(k):
-                        a, b = int(py_map[py, ty]) - 1, int(py_map[px, tx]) - 1
-                        if a >= 0 and b >= 0:
-                            w[py, px, ty, tx] = taps[a, b] * f * f
-        out["up_2d"] = tensor(w.reshape(f * f, 1, k, k))
-        out["down_2d"] = tensor(taps[::-1, ::-1].reshape(1, 1, n, n))
-    return out
+    return signal._kaiser_taps(spec.factor, spec.numtaps, spec.beta, spec.radial, spec.normalize) \
+        .to(torch.float64).numpy()
 
 
-def _as_images(x: torch.Tensor):
-    """(..., H, W) -> (N, 1, H, W) in the compute dtype, plus what is needed to undo it."""
-    lead, (h, w) = x.shape[:-2], x.shape[-2:]
-    return x.reshape(-1, 1, h, w).to(compute_dtype(x.dtype)), lead
+# ----------------------------------------------------------------------------------------------- 1-D matrices
+def _ideal_impulse(n: int, cutoff: float, edge: str) -> np.ndarray:
+    from afcore import signal
+
+    return np.fft.ifft(signal._ideal_mask_1d(n, cutoff, edge=edge).numpy()).real
 
 
+def up_matrix(n: int, f: int, spec: FirSpec | None = None, padding: str = "circular") -> np.ndarray:
+    """(f n, n) float64 matrix of 1-D up-sampling by f with gain f: zero insertion z[f j] = x[j], then the ideal
+    low-pass (spec None; circular) or the centred Kaiser FIR ``spec`` (``padding`` circular or zeros)."""
+    m = f * n
+    k, j = np.arange(m)[:, None], np.arange(n)[None, :]
+    if spec is None:
+        return f * _ideal_impulse(m, 1.0 / f, "half")[(k - f * j) % m]
+    taps = _taps(spec)
+    mat = np.zeros((m, n))
+    half = len(taps) // 2
+    for t, tap in enumerate(taps):  # out[k] += taps[t] z[k - (t - half)]  ->  k = f j + t - half
+        rows = f * np.arange(n) + t - half
+        keep = slice(None) if padding == "circular" else (rows >= 0) & (rows < m)
+        np.add.at(mat, (rows[keep] % m, np.arange(n)[keep]), f * tap)
+    return mat
+
+
+def down_matrix(n: int, f: int, spec: FirSpec | None = None, padding: str = "circular",
+                nyquist: str = "zero") -> np.ndarray:
+    """(n / f, n) float64 matrix of 1-D down-sampling by f: the ideal low-pass (edge bin ``nyquist``) or the Kaiser
+    FIR ``spec``, then every f-th sample."""
+    m = n // f
+    i, j = np.arange(m)[:, None], np.arange(n)[None, :]
+    if spec is None:
+        return _ideal_impulse(n, 1.0 / f, nyquist)[(f * i - j) % n]
+    taps = _taps(spec)
+    mat = np.zeros((m, n))
+    half = len(taps) // 2
+    for t, tap in enumerate(taps):  # out[i] += taps[t] x[f i - (t - half)]
+        cols = f * np.arange(m) - t + half
+        keep = slice(None) if padding == "circular" else (cols >= 0) & (cols < n)
+        np.add.at(mat, (np.arange(m)[keep], cols[keep] % n), tap)
+    return mat
+
+
+@functools.lru_cache(maxsize=256)
+def _matrix(kind: str, n: int, f: int, spec, padding: str, nyquist: str, device, dtype) -> torch.Tensor:
+    mat = up_matrix(n, f, spec, padding) if kind == "up" else down_matrix(n, f, spec, padding, nyquist)
+    return torch.tensor(mat, dtype=dtype, device=device)
+
+
+def _separable(x: torch.Tensor, kind: str, f: int, spec, padding: str, nyquist: str) -> torch.Tensor:
+    """``M_h x M_w^T`` on every image of x (..., H, W), in the compute dtype."""
+    xc = x.to(compute_dtype(x.dtype))
+    h, w = x.shape[-2:]
+    mh = _matrix(kind, h, f, spec, padding, nyquist, xc.device, xc.dtype)
+    mw = _matrix(kind, w, f, spec, padding, nyquist, xc.device, xc.dtype)
+    with _exact(xc.device):
+        return torch.matmul(mh, torch.matmul(xc, mw.T))
+
+
+def _use_matmul(h: int, w: int, f: int) -> bool:
+    return max(h, w) * f <= MATMUL_MAX
+
+
+# ----------------------------------------------------------------------------------------------- radial FIR
+@functools.lru_cache(maxsize=64)
+def _radial_kernel(spec: FirSpec, device, dtype) -> torch.Tensor:
+    return torch.tensor(np.ascontiguousarray(_taps(spec)), dtype=dtype, device=device)
+
+
+def _wrap(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Circular padding by ``pad`` on both sides of H and W, as often around as needed."""
+    if pad <= min(x.shape[-2:]):
+        return F.pad(x, (pad,) * 4, mode="circular")
+    h, w = x.shape[-2:]
+    iy = torch.arange(-pad, h + pad, device=x.device) % h
+    ix = torch.arange(-pad, w + pad, device=x.device) % w
+    return x.index_select(-2, iy).index_select(-1, ix)
+
+
+def _pad_axis(x: torch.Tensor, lo: int, hi: int, dim: int, padding: str) -> torch.Tensor:
+    """Pad one of the last two axes of a 4-D tensor (circular: as often around as needed; or zeros)."""
+    pad = [0, 0, 0, 0]
+    pad[(-1 - dim) * 2:(-1 - dim) * 2 + 2] = [lo, hi]
+    if padding != "circular":
+        return F.pad(x, pad)
+    n = x.shape[dim]
+    if max(lo, hi) <= n:
+        return F.pad(x, pad, mode="circular")
+    return x.index_select(dim, torch.arange(-lo, n + hi, device=x.device) % n)
+
+
+def _radial_up_cl(flat: torch.Tensor, spec: FirSpec, padding: str, channels_last: bool = True) -> torch.Tensor:
+    """(1, N, H, W) -> (1, N, fH, fW); channels-last in and out inside the fused activation (whose blocks stay in
+    cache), plain layout for a lone up-sampler (whose output would otherwise need a second full-size copy)."""
+    f, n = spec.factor, spec.numtaps
+    half = n // 2
+    h, w = flat.shape[-2:]
+    k = _radial_kernel(spec, flat.device, flat.dtype) * f**2
+    m = -(-half // f)  # input samples to wrap so the scattered taps cover the borders
+    if padding == "circular":
+        flat = _wrap(flat, m)
+    if channels_last:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    weight = k.expand(flat.shape[1], 1, n, n)
+    with _exact(flat.device):
+        if padding == "circular":
+            out = F.conv_transpose2d(flat, weight, stride=f, groups=flat.shape[1])
+            start = m * f + half
+            return out[..., start:start + h * f, start:start + w * f]
+        out = F.conv_transpose2d(flat, weight, stride=f, padding=half, groups=flat.shape[1],
+                                 output_padding=f - 1 - (n - 1 - 2 * half))
+        return out[..., :h * f, :w * f]
+
+
+def _radial_down_cl(flat: torch.Tensor, spec: FirSpec, padding: str, channels_last: bool = True) -> torch.Tensor:
+    """(1, N, H, W) -> (1, N, H/f, W/f) by one strided depthwise convolution (channels-last inside the fused op)."""
+    f, n = spec.factor, spec.numtaps
+    half = n // 2
+    k = _radial_kernel(spec, flat.device, flat.dtype).flip(0, 1)  # conv2d correlates
+    if padding == "circular":
+        flat = _wrap(flat, half)
+    if channels_last:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    weight = k.expand(flat.shape[1], 1, n, n)
+    with _exact(flat.device):
+        return F.conv2d(flat, weight, stride=f, padding=0 if padding == "circular" else half, groups=flat.shape[1])
+
+
+def _images(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(1, -1, *x.shape[-2:]).to(compute_dtype(x.dtype))
+
+
+def _radial_up(x: torch.Tensor, spec: FirSpec, padding: str) -> torch.Tensor:
+    out = _radial_up_cl(_images(x), spec, padding, channels_last=False)
+    return out.contiguous().reshape(*x.shape[:-2], *out.shape[-2:])
+
+
+def _radial_down(x: torch.Tensor, spec: FirSpec, padding: str) -> torch.Tensor:
+    out = _radial_down_cl(_images(x), spec, padding, channels_last=False)
+    return out.contiguous().reshape(*x.shape[:-2], *out.shape[-2:])
+
+
+# ----------------------------------------------------------------------------------------------- FIR dispatch
 def fir_up(x: torch.Tensor, spec: FirSpec, padding: str = "circular") -> torch.Tensor:
     """Kaiser up-sampling (zero insertion, filter, gain factor**2) without the zero-inserted tensor."""
-    f = spec.factor
-    if f == 1:
+    if spec.factor == 1:
         return x
-    flat, lead = _as_images(x)
-    h, w = flat.shape[-2:]
-    wts = _fir_weights(spec, flat.device, flat.dtype)
-    lo, hi = wts["up_pad"]
-    with torch.autocast(flat.device.type, enabled=False):
-        if "up_h" in wts:
-            y = F.conv2d(_pad(flat, lo, hi, -2, padding), wts["up_h"])  # (N, f, H, W): the H phases
-            y = F.conv2d(_pad(y, lo, hi, -1, padding), wts["up_w"], groups=f)  # (N, f*f, H, W)
-        else:
-            y = F.conv2d(_pad(_pad(flat, lo, hi, -2, padding), lo, hi, -1, padding), wts["up_2d"])
-        y = F.pixel_shuffle(y, f)
-    return y.reshape(*lead, h * f, w * f).to(x.dtype)
+    h, w = x.shape[-2:]
+    if spec.radial:
+        out = _radial_up(x, spec, padding)
+    elif _use_matmul(h, w, spec.factor):
+        out = _separable(x, "up", spec.factor, spec, padding, "zero")
+    else:
+        out = _separable_conv_up(x, spec, padding)
+    return out.to(x.dtype)
 
 
 def fir_down(x: torch.Tensor, spec: FirSpec, padding: str = "circular") -> torch.Tensor:
-    """Kaiser down-sampling (filter, keep every factor-th sample) as strided convolutions."""
-    f = spec.factor
-    if f == 1:
+    """Kaiser down-sampling (filter, keep every factor-th sample)."""
+    if spec.factor == 1:
         return x
-    flat, lead = _as_images(x)
-    wts = _fir_weights(spec, flat.device, flat.dtype)
-    half = wts["half"]
-    with torch.autocast(flat.device.type, enabled=False):
-        if "down_h" in wts:
-            y = F.conv2d(_pad(flat, half, half, -2, padding), wts["down_h"], stride=(f, 1))
-            y = F.conv2d(_pad(y, half, half, -1, padding), wts["down_w"], stride=(1, f))
-        else:
-            y = F.conv2d(_pad(_pad(flat, half, half, -2, padding), half, half, -1, padding), wts["down_2d"],
-                         stride=f)
-    return y.reshape(*lead, *y.shape[-2:]).to(x.dtype)
+    h, w = x.shape[-2:]
+    if spec.radial:
+        out = _radial_down(x, spec, padding)
+    elif _use_matmul(h, w, 1):
+        out = _separable(x, "down", spec.factor, spec, padding, "zero")
+    else:
+        out = _separable_conv_down(x, spec, padding)
+    return out.to(x.dtype)
+
+
+def _separable_conv_up(x, spec, padding):
+    """Large images: per axis, a transposed depthwise convolution of the 1-D taps (no zero-inserted tensor)."""
+    f, n = spec.factor, spec.numtaps
+    half, m = n // 2, -(-(n // 2) // f)
+    taps = torch.tensor(_taps(spec) * f, dtype=compute_dtype(x.dtype), device=x.device)
+    h, w = x.shape[-2:]
+    out = x.reshape(1, -1, h, w).to(taps.dtype)
+    c = out.shape[1]
+    with _exact(x.device):
+        for dim, size in ((-2, h), (-1, w)):
+            shape = (c, 1, n, 1) if dim == -2 else (c, 1, 1, n)
+            stride = (f, 1) if dim == -2 else (1, f)
+            if padding == "circular":
+                out = _pad_axis(out, m, m, dim, padding)
+            full = F.conv_transpose2d(out, taps.view(1, 1, *shape[2:]).expand(shape), stride=stride, groups=c)
+            start = m * f + half if padding == "circular" else half
+            if full.shape[dim] < start + size * f:  # zero padding: a short filter may not reach the end
+                pad = [0, 0, 0, 0]
+                pad[(-1 - dim) * 2 + 1] = start + size * f - full.shape[dim]
+                full = F.pad(full, pad)
+            out = full.narrow(dim, start, size * f)
+    return out.reshape(*x.shape[:-2], h * f, w * f)
+
+
+def _separable_conv_down(x, spec, padding):
+    """Large images: per axis, a strided depthwise convolution of the 1-D taps."""
+    f, n = spec.factor, spec.numtaps
+    half = n // 2
+    taps = torch.tensor(_taps(spec)[::-1].copy(), dtype=compute_dtype(x.dtype), device=x.device)
+    out = x.reshape(1, -1, *x.shape[-2:]).to(taps.dtype)
+    c = out.shape[1]
+    with _exact(x.device):
+        for dim in (-2, -1):
+            shape = (c, 1, n, 1) if dim == -2 else (c, 1, 1, n)
+            stride = (f, 1) if dim == -2 else (1, f)
+            out = _pad_axis(out, half, half, dim, padding)
+            out = F.conv2d(out, taps.view(1, 1, *shape[2:]).expand(shape), stride=stride, groups=c)
+    return out.reshape(*x.shape[:-2], *out.shape[-2:])
 
 
 # ----------------------------------------------------------------------------------------------- ideal (FFT)
@@ -203,12 +314,14 @@ def _spectrum_crop(s: torch.Tensor, m: int, dim: int, nyquist: str) -> torch.Ten
 
 
 def ideal_up(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Ideal up-sampling (``scipy.signal.resample`` per axis) from the input's real FFT."""
+    """Ideal up-sampling (``scipy.signal.resample`` per axis): matrix products, or real FFTs for long axes."""
     if factor == 1:
         return x
+    if _use_matmul(*x.shape[-2:], factor):
+        return _separable(x, "up", factor, None, "circular", "zero").to(x.dtype)
     xc = x.to(compute_dtype(x.dtype))
     h, w = x.shape[-2:]
-    with torch.autocast(x.device.type, enabled=False):
+    with _exact(x.device):
         spec = torch.fft.rfft2(xc)
         if w % 2 == 0:  # the old Nyquist column is split between +w/2 and -w/2 (the latter implied by symmetry)
             spec = torch.cat([spec[..., :-1], 0.5 * spec[..., -1:]], dim=-1)
@@ -219,13 +332,15 @@ def ideal_up(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def ideal_down(x: torch.Tensor, factor: int, nyquist: str = "zero") -> torch.Tensor:
-    """Ideal low-pass at 1/factor of Nyquist then every factor-th sample, from the input's real FFT."""
+    """Ideal low-pass at 1/factor of Nyquist then every factor-th sample: matrix products, or real FFTs."""
     if factor == 1:
         return x
+    if _use_matmul(*x.shape[-2:], 1):
+        return _separable(x, "down", factor, None, "circular", nyquist).to(x.dtype)
     xc = x.to(compute_dtype(x.dtype))
     h, w = x.shape[-2:]
     mh, mw = h // factor, w // factor
-    with torch.autocast(x.device.type, enabled=False):
+    with _exact(x.device):
         spec = torch.fft.rfft2(xc)
         cols = spec[..., :mw // 2 + 1]
         if mw % 2 == 0:
@@ -255,7 +370,7 @@ def ideal_lowpass(x: torch.Tensor, cutoff: float, edge: str = "half") -> torch.T
     """Square ideal low-pass through the real FFT with a cached half-spectrum mask."""
     xc = x.to(compute_dtype(x.dtype))
     h, w = x.shape[-2:]
-    with torch.autocast(x.device.type, enabled=False):
+    with _exact(x.device):
         mask = _rfft_lowpass_mask(h, w, float(cutoff), edge, x.device, xc.dtype)
         out = torch.fft.irfft2(torch.fft.rfft2(xc) * mask, s=(h, w))
     return out.to(x.dtype)
@@ -268,11 +383,43 @@ def _resamplers(up: int, method: str, spec: FirSpec | None, padding: str, nyquis
     return (lambda t: fir_up(t, spec, padding)), (lambda t: fir_down(t, spec, padding))
 
 
-def _filtered_eager(x, act, up, method, spec, padding, nyquist):
+CPU_BLOCK = 1 << 18  # elements of the up-sampled activation per block on CPU (1 MiB in fp32: stays in cache)
+
+
+def _blocks(n: int, per_image: int, device: torch.device) -> list[slice]:
+    """Image blocks of the fused op. On a CPU, memory bandwidth (not arithmetic) bounds it: blocks small enough that
+    the up-sampled activation stays in cache make the 4x intermediate nearly free. A GPU gets one block."""
+    if device.type != "cpu":
+        return [slice(0, n)]
+    step = max(1, CPU_BLOCK // max(per_image, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _filtered_block(flat, act, up, method, spec, padding, nyquist):
+    """(b, H, W) -> (b, H, W) in the compute dtype: down(act(up(.)))."""
+    if spec is not None and spec.radial:  # stay channels-last from the up- to the down-sampler
+        out = _radial_down_cl(act(_radial_up_cl(flat[None], spec, padding)), spec, padding)
+        return out.contiguous()[0]
     up_fn, down_fn = _resamplers(up, method, spec, padding, nyquist)
-    xc = x.to(compute_dtype(x.dtype))
+    return down_fn(act(up_fn(flat)))
+
+
+def _filtered_eager(x, act, up, method, spec, padding, nyquist, grad=None):
+    """The fused op, blockwise; with ``grad``, the input gradient instead (recomputing each block's activation)."""
+    h, w = x.shape[-2:]
+    flat = x.reshape(-1, h, w).to(compute_dtype(x.dtype))
+    g = None if grad is None else grad.reshape(-1, h, w).to(flat.dtype)
+    out = torch.empty_like(flat)
     with torch.autocast(x.device.type, enabled=False):
-        return down_fn(act(up_fn(xc)))
+        for sl in _blocks(flat.shape[0], h * w * up * up, x.device):
+            if g is None:
+                out[sl] = _filtered_block(flat[sl], act, up, method, spec, padding, nyquist)
+                continue
+            with torch.enable_grad():
+                leaf = flat[sl].detach().requires_grad_(True)
+                y = _filtered_block(leaf, act, up, method, spec, padding, nyquist)
+                (out[sl],) = torch.autograd.grad(y, leaf, g[sl])
+    return out.reshape(x.shape)
 
 
 class _FilteredActivation(torch.autograd.Function):
@@ -281,18 +428,14 @@ class _FilteredActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, act, up, method, spec, padding, nyquist, fn):
         ctx.save_for_backward(x)
-        ctx.args = (act, up, method, spec, padding, nyquist, fn)
+        ctx.args = (act, up, method, spec, padding, nyquist)
         return fn(x, act, up, method, spec, padding, nyquist).to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        act, up, method, spec, padding, nyquist, fn = ctx.args
-        with torch.enable_grad():
-            leaf = x.detach().to(compute_dtype(x.dtype)).requires_grad_(True)
-            y = fn(leaf, act, up, method, spec, padding, nyquist)
-            (gx,) = torch.autograd.grad(y, leaf, grad.to(y.dtype))
+        gx = _filtered_eager(x, *ctx.args, grad=grad)
         return gx.to(x.dtype), None, None, None, None, None, None, None
 
 
@@ -301,8 +444,8 @@ _COMPILE_FAILED: list = []
 
 
 def _compiled_fn():
-    """``torch.compile`` of the eager filtered activation (CUDA only); None when unavailable or disabled."""
-    if _COMPILE_FAILED or os.environ.get("AFCORE_COMPILE", "1") == "0":
+    """``torch.compile`` of the eager filtered activation (CUDA, opt-in); None when unavailable or not asked for."""
+    if _COMPILE_FAILED or os.environ.get("AFCORE_COMPILE", "0") != "1":
         return None
     if importlib.util.find_spec("triton") is None:
         return None

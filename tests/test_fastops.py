@@ -23,6 +23,15 @@ FILTERS = {
 }
 
 
+@pytest.fixture(params=["matmul", "fft_conv"])
+def path(request, monkeypatch):
+    """Run a test through the matrix-product path (the default at these sizes) and through the FFT / convolution
+    path that long axes take."""
+    if request.param == "fft_conv":
+        monkeypatch.setattr(fastops, "MATMUL_MAX", 0)
+    return request.param
+
+
 def rand(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
 
@@ -30,7 +39,7 @@ def rand(*shape, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize("name", list(FILTERS))
 @pytest.mark.parametrize("factor", [2, 3])
 @pytest.mark.parametrize("shape", [(2, 3, 12, 6), (1, 1, 6, 18), (1, 2, 3, 3)])
-def test_fast_resamplers_equal_the_reference_definition(name, factor, shape):
+def test_fast_resamplers_equal_the_reference_definition(name, factor, shape, path):
     kw = FILTERS[name]
     x = rand(*shape)
     torch.testing.assert_close(S.upsample(x, factor, **kw), S.upsample(x, factor, impl="ref", **kw), **TOL64)
@@ -50,7 +59,7 @@ def test_rfft_ideal_lowpass_equals_the_circulant_reference(edge, cutoff):
 
 @pytest.mark.parametrize("name", list(FILTERS))
 @pytest.mark.parametrize("act", [nn.SiLU(), nn.GELU(), nn.LeakyReLU(0.2)], ids=["silu", "gelu", "lrelu"])
-def test_layers_fast_equal_ref_in_values_and_gradients(name, act):
+def test_layers_fast_equal_ref_in_values_and_gradients(name, act, path):
     kw = FILTERS[name]
     x = rand(2, 3, 8, 12, seed=1)
     g = rand(2, 3, 8, 12, seed=2)
@@ -69,7 +78,7 @@ def test_layers_fast_equal_ref_in_values_and_gradients(name, act):
 
 
 @pytest.mark.parametrize("name", list(FILTERS))
-def test_gradcheck_of_the_fast_ops(name):
+def test_gradcheck_of_the_fast_ops(name, path):
     kw = FILTERS[name]
     x = rand(1, 2, 6, 6, seed=3).requires_grad_(True)
     spec = S.fir_spec(2, kw.get("numtaps"), kw.get("beta", 8.0), kw.get("radial", False)) \

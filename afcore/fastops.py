@@ -398,10 +398,44 @@ def _blocks(n: int, per_image: int, device: torch.device) -> list[slice]:
 def _filtered_block(flat, act, up, method, spec, padding, nyquist):
     """(b, H, W) -> (b, H, W) in the compute dtype: down(act(up(.)))."""
     if spec is not None and spec.radial:  # stay channels-last from the up- to the down-sampler
-        out = _radial_down_cl(act(_radial_up_cl(flat[None], spec, padding)), spec, padding)
-        return out.contiguous()[0]
+        return _radial_down_cl(act(_radial_up_cl(flat[None], spec, padding)), spec, padding)[0]  # copied once by
+        # the caller into its output
     up_fn, down_fn = _resamplers(up, method, spec, padding, nyquist)
     return down_fn(act(up_fn(flat)))
+
+
+def _act_grad(act, u: torch.Tensor, grad_a: torch.Tensor) -> torch.Tensor:
+    """act'(u) * grad_a, by autograd through the elementwise activation only."""
+    with torch.enable_grad():
+        leaf = u.detach().requires_grad_(True)
+        (gu,) = torch.autograd.grad(act(leaf), leaf, grad_a)
+    return gu
+
+
+def _filtered_block_grad(flat, g, act, up, method, spec, padding, nyquist):
+    """Input gradient of one block, written out: up^T(act'(u) * down^T(g)) with u = up(x) recomputed.
+
+    The Kaiser kernels are symmetric, so a FIR up-sampler's adjoint is factor**2 times the FIR down-sampler with the
+    same padding and the down-sampler's adjoint the up-sampler over factor**2; the separable ones use the
+    transposed matrices. Other cases (long axes) go through autograd on the recomputed block."""
+    h, w = flat.shape[-2:]
+    if spec is not None and spec.radial:
+        f2 = spec.factor**2
+        u = _radial_up_cl(flat[None], spec, padding)
+        gu = _act_grad(act, u, _radial_up_cl(g[None], spec, padding) / f2)
+        return _radial_down_cl(gu, spec, padding)[0] * f2
+    if _use_matmul(h, w, up):
+        args = (up, spec, padding, nyquist, flat.device, flat.dtype)
+        uh, uw = _matrix("up", h, *args), _matrix("up", w, *args)
+        dh, dw = _matrix("down", up * h, *args), _matrix("down", up * w, *args)
+        with _exact(flat.device):
+            u = torch.matmul(uh, torch.matmul(flat, uw.T))
+            gu = _act_grad(act, u, torch.matmul(dh.T, torch.matmul(g, dw)))
+            return torch.matmul(uh.T, torch.matmul(gu, uw))
+    with torch.enable_grad():
+        leaf = flat.detach().requires_grad_(True)
+        (gx,) = torch.autograd.grad(_filtered_block(leaf, act, up, method, spec, padding, nyquist), leaf, g)
+    return gx
 
 
 def _filtered_eager(x, act, up, method, spec, padding, nyquist, grad=None):
@@ -414,11 +448,8 @@ def _filtered_eager(x, act, up, method, spec, padding, nyquist, grad=None):
         for sl in _blocks(flat.shape[0], h * w * up * up, x.device):
             if g is None:
                 out[sl] = _filtered_block(flat[sl], act, up, method, spec, padding, nyquist)
-                continue
-            with torch.enable_grad():
-                leaf = flat[sl].detach().requires_grad_(True)
-                y = _filtered_block(leaf, act, up, method, spec, padding, nyquist)
-                (out[sl],) = torch.autograd.grad(y, leaf, g[sl])
+            else:
+                out[sl] = _filtered_block_grad(flat[sl], g[sl], act, up, method, spec, padding, nyquist)
     return out.reshape(x.shape)
 
 

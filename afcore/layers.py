@@ -212,24 +212,30 @@ class FilteredActivation(nn.Module):
 
     The nonlinearity creates harmonics above the input's band; evaluating it at ``up`` times the rate gives them
     room, and the low-pass removes them before returning to the input grid (StyleGAN3, AF-LDM). The fast path is one
-    autograd function that saves only the input (``afcore.fastops.filtered_activation``); activations with
-    parameters (e.g. PReLU) always take the reference composition so that their parameters get gradients.
+    autograd function that saves only the input (``afcore.fastops.filtered_activation``, ``fused=True``); activations
+    with parameters (e.g. PReLU) always take the unfused composition so that their parameters get gradients.
+
+    ``fused=None`` (default) fuses every filter except the short radial (jinc) kernels of Config B-D: their
+    up-sampler is a cheap 3x3 convolution, so recomputing it in the backward pass costs more time (measured about
+    1.2-1.3x per forward+backward on CPU) than keeping its output saves; with ``fused=False`` they run the fast
+    resamplers composed by autograd, which keeps the x2 intermediates for backward.
     """
 
     def __init__(self, act: nn.Module | None = None, up: int = 2, method: str = "ideal", impl: str | None = None,
-                 **filter_kwargs):
+                 fused: bool | None = None, **filter_kwargs):
         super().__init__()
         self.act = act if act is not None else nn.SiLU()
         self.up_layer = AliasFreeUpsample(up, method, impl=impl, **filter_kwargs)
         self.down_layer = AliasFreeDownsample(up, method, impl=impl, **filter_kwargs)
         self.af_impl = impl
+        self.fused = fused if fused is not None else not (method == "kaiser" and filter_kwargs.get("radial", False))
 
     @property
     def impl(self) -> str:
         return _resolve(self.af_impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl == "ref" or any(True for _ in self.act.parameters()):
+        if self.impl == "ref" or not self.fused or any(True for _ in self.act.parameters()):
             down, up = self.down_layer, self.up_layer
             if self.impl == "ref":
                 return down.ref_down(self.act(up.ref_up(x)))

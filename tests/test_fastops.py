@@ -64,6 +64,7 @@ def test_layers_fast_equal_ref_in_values_and_gradients(name, act, path):
     x = rand(2, 3, 8, 12, seed=1)
     g = rand(2, 3, 8, 12, seed=2)
     for module in (lambda impl: L.FilteredActivation(act, impl=impl, **kw),
+                   lambda impl: L.FilteredActivation(act, impl=impl, fused=True, **kw),
                    lambda impl: L.AliasFreeDownsample(2, impl=impl, **kw),
                    lambda impl: L.AliasFreeUpsample(2, impl=impl, **kw)):
         outs, grads = [], []
@@ -110,10 +111,13 @@ def _saved_numel(fn, x):
 @pytest.mark.parametrize("name", ["ideal", "kaiser13", "jinc3_zeros"])
 def test_fused_filtered_activation_saves_only_its_input(name):
     x = rand(2, 4, 16, 16, dtype=torch.float32).requires_grad_(True)
-    fast = _saved_numel(L.FilteredActivation(nn.SiLU(), impl="fast", **FILTERS[name]), x)
+    fast = _saved_numel(L.FilteredActivation(nn.SiLU(), impl="fast", fused=True, **FILTERS[name]), x)
     ref = _saved_numel(L.FilteredActivation(nn.SiLU(), impl="ref", **FILTERS[name]), x)
     assert fast == x.numel()  # the input, nothing else
     assert ref >= 4 * x.numel()  # the composed layers keep at least the x2 up-sampled activation input
+    unfused = _saved_numel(L.FilteredActivation(nn.SiLU(), impl="fast", fused=False, **FILTERS[name]), x)
+    assert unfused >= 4 * x.numel()
+    assert L.FilteredActivation(nn.SiLU(), **FILTERS[name]).fused == (name != "jinc3_zeros")  # the default
 
 
 @pytest.mark.parametrize("name", ["ideal", "kaiser13", "jinc3_zeros"])

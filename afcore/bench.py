@@ -1,92 +1,310 @@
-"""Throughput of alias-free resampling and filtered activations (``make bench`` -> metrics/bench_signal.json).
+"""What alias-free layers cost, measured side by side (``make bench`` -> metrics/bench_signal.json).
 
-Sizes follow the later U-Nets' feature maps (batch x channels x H x W). Timings are medians over repeats after a
-warm-up, on CPU and, when present, on CUDA (synchronised). Numbers depend on the machine: the JSON records it.
+Two parts, each a set of cases timed in the same run and reported as ratios to their plain counterpart:
+
+- **layers** at several sizes (batch x channels x H x W): plain SiLU / bilinear / max-pool against the filtered SiLU
+  and the alias-free up- and down-samplers, ideal (FFT) and Kaiser (13-tap sinc, separable; Anjum et al.'s 3x3
+  jinc, radial), each with ``impl="fast"`` (``afcore.fastops``, what models use) and ``impl="ref"`` (the reference
+  layers). Forward, forward+backward, and memory: on CUDA the peak allocated memory of the forward+backward, on CPU
+  the bytes autograd keeps for the backward pass (what bounds a training step's activation memory). The filtered
+  SiLU also gets "where the time goes" (its up-sampler, the activation at x2 size, its down-sampler, alone) and the
+  memory-bound limit: the time of ``x.clone()`` (one read and one write of x), the least any fused op must take.
+- **model pairs**, one training step (loss, backward, Adam step) each: Config D-1N vs A (``afcore.ddpm``), AF-VAE vs
+  VAE (``afcore.vae.small_vae`` + ``afcore.surgery.make_alias_free``), AF-LDM vs LDM (``afcore.ldm.latent_unet`` +
+  surgery); each alias-free model also with ``impl="ref"`` (what they cost before the fast paths).
+
+Timing: cases are run round-robin (every case once per round, ``--rounds`` rounds after a warm-up) and each keeps
+its fastest round: on a shared machine the minimum is the least disturbed measurement and the ratios compare cases
+measured under the same conditions. CUDA timings are synchronised. The JSON records the device, torch and scale.
+``--scale cpu`` (default on CPU) uses the cpu profile's model sizes, ``--scale gpu`` (default on CUDA) the sizes
+quoted in issue 12 (Config base 32 / 3 levels / batch 64, VAE 128-256-512-512 at 256 px / batch 8, LDM
+192-384-384-768 on 32x32 latents / batch 32).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import platform
-import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from afcore import layers
 from afcore.utils import REPO_ROOT, save_json
 
-SHAPES = ((32, 128, 64, 64), (8, 64, 32, 32))
+LAYER_SHAPES = {"cpu": ((8, 64, 16, 16), (8, 64, 32, 32), (4, 64, 64, 64)),
+                "gpu": ((32, 128, 32, 32), (32, 128, 64, 64), (8, 128, 128, 128)),
+                "smoke": ((2, 4, 8, 8),)}
+FILTERS = {"ideal": dict(method="ideal"),
+           "kaiser13": dict(method="kaiser", numtaps=13, beta=8.0),
+           "jinc3_anjum": dict(method="kaiser", numtaps=3, beta=1.0, radial=True, padding="zeros")}
+MODELS = {
+    "cpu": dict(config=dict(base=16, levels=2, batch=16, size=32), vae=dict(channels=(16, 32, 32), size=32, batch=16),
+                ldm=dict(channels=(32, 64), size=8, batch=32)),
+    "gpu": dict(config=dict(base=32, levels=3, batch=64, size=32),
+                vae=dict(channels=(128, 256, 512, 512), size=256, batch=8),
+                ldm=dict(channels=(192, 384, 384, 768), size=32, batch=32)),
+    "smoke": dict(config=dict(base=8, levels=1, batch=2, size=16), vae=dict(channels=(8, 8), size=16, batch=2),
+                  ldm=dict(channels=(8, 16), size=8, batch=2)),
+}
 
 
-def _time(fn, x, repeats: int, device) -> float:
-    with torch.no_grad():
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+# ----------------------------------------------------------------------------------------------- timing
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _interleaved(fns: dict, rounds: int, device) -> dict:
+    """Fastest of ``rounds`` round-robin runs of every callable, in seconds (one warm-up round first)."""
+    best = {k: float("inf") for k in fns}
+    for r in range(rounds + 1):
+        for name, fn in fns.items():
+            _sync(device)
             t0 = time.perf_counter()
-            fn(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            fn()
+            _sync(device)
+            if r:
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
-def cases():
-    kaiser = dict(method="kaiser", numtaps=13, beta=8.0)
-    anjum = dict(method="kaiser", numtaps=3, beta=1.0, radial=True)
+def _memory(fn, device) -> int:
+    """Peak CUDA memory of fn beyond what was allocated before it, or (CPU) the bytes autograd saves for backward."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    seen, total = set(), [0]
+
+    def pack(t):
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:  # a storage saved twice costs once
+            seen.add(key)
+            total[0] += key[1]
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(forward_only=True)
+    return total[0]
+
+
+# ----------------------------------------------------------------------------------------------- layers
+def layer_cases():
+    """name -> (plain counterpart, module factory taking impl or None)."""
+    cases = {"silu": (None, lambda impl: nn.SiLU()),
+             "bilinear_up": (None, lambda impl: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)),
+             "maxpool_down": (None, lambda impl: nn.MaxPool2d(2))}
+    for fname, kw in FILTERS.items():
+        cases[f"filtered_silu_{fname}"] = ("silu", lambda impl, kw=kw: layers.FilteredActivation(nn.SiLU(), impl=impl,
+                                                                                                  **kw))
+        cases[f"up_{fname}"] = ("bilinear_up", lambda impl, kw=kw: layers.AliasFreeUpsample(2, impl=impl, **kw))
+        cases[f"down_{fname}"] = ("maxpool_down", lambda impl, kw=kw: layers.AliasFreeDownsample(2, impl=impl, **kw))
+    return cases
+
+
+def bench_layers(device, shapes, rounds: int) -> list[dict]:
+    rows = []
+    for shape in shapes:
+        x = torch.randn(*shape, device=device)
+        mods = {}
+        for name, (plain, make) in layer_cases().items():
+            for impl in ((None,) if plain is None else ("fast", "ref")):
+                mods[name if impl is None else f"{name}[{impl}]"] = (name, plain, impl, make(impl).to(device))
+
+        def fwd(m):
+            def run():
+                with torch.no_grad():
+                    m(x)
+            return run
+
+        def fwd_bwd(m):
+            def run(forward_only=False):
+                xi = x.detach().requires_grad_(True)
+                y = m(xi)
+                if not forward_only:
+                    y.backward(torch.ones_like(y))
+            return run
+
+        t_fwd = _interleaved({k: fwd(v[3]) for k, v in mods.items()}, rounds, device)
+        t_fb = _interleaved({k: fwd_bwd(v[3]) for k, v in mods.items()}, rounds, device)
+        mem = {k: _memory(fwd_bwd(v[3]), device) for k, v in mods.items()}
+        # where the filtered SiLU's time goes, and the memory-bound limit of a fused op (one read + one write of x)
+        up_x = torch.randn(*shape[:2], 2 * shape[2], 2 * shape[3], device=device)
+        parts = {"clone_x": lambda: x.clone(), "silu_at_x2": lambda: F.silu(up_x)}
+        for fname, kw in FILTERS.items():
+            up_l = layers.AliasFreeUpsample(2, impl="fast", **kw).to(device)
+            down_l = layers.AliasFreeDownsample(2, impl="fast", **kw).to(device)
+            parts[f"{fname}_up"] = (lambda m: lambda: m(x))(up_l)
+            parts[f"{fname}_down_from_x2"] = (lambda m: lambda: m(up_x))(down_l)
+        with torch.no_grad():
+            t_parts = _interleaved(parts, rounds, device)
+        for key, (name, plain, impl, _) in mods.items():
+            base = plain or name
+            base_key = base
+            row = {"shape": list(shape), "case": name, "impl": impl or "plain",
+                   "fwd_ms": t_fwd[key] * 1e3, "fwd_bwd_ms": t_fb[key] * 1e3, "memory_bytes": mem[key],
+                   "fwd_ratio_to_plain": t_fwd[key] / t_fwd[base_key],
+                   "fwd_bwd_ratio_to_plain": t_fb[key] / t_fb[base_key],
+                   "memory_over_input": mem[key] / (x.numel() * x.element_size())}
+            if name.startswith("filtered_silu") and impl == "fast":
+                fname = name[len("filtered_silu_"):]
+                row["memory_bound_limit_ms"] = t_parts["clone_x"] * 1e3
+                row["fraction_of_memory_bound_limit"] = t_parts["clone_x"] / t_fwd[key]
+                row["parts_ms"] = {"up": t_parts[f"{fname}_up"] * 1e3, "silu_at_x2": t_parts["silu_at_x2"] * 1e3,
+                                   "down": t_parts[f"{fname}_down_from_x2"] * 1e3}
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- model pairs
+def _config_pair(device, size):
+    from afcore import ddpm
+
+    sched = ddpm.make_scheduler("ddpm")
+    x = torch.randn(size["batch"], 1, size["size"], size["size"], device=device)
+    gen = torch.Generator().manual_seed(0)
+
+    def make(config, impl):
+        torch.manual_seed(0)
+        model = ddpm.ConfigUNet(config, base=size["base"], levels=size["levels"]).to(device)
+        return layers.set_impl(model, impl) if impl else model
+
+    def loss(model):
+        return ddpm.ddpm_loss(model, x, sched, gen)
+
+    return {"plain": make("A", None), "af": make("D-1N", "fast"), "af_ref": make("D-1N", "ref")}, loss, \
+        "Config D-1N vs A (3x3 jinc, beta 1, normalised)"
+
+
+def _vae_pair(device, size):
+    from afcore import vae as V
+    from afcore.surgery import make_alias_free
+
+    x = torch.rand(size["batch"], 3, size["size"], size["size"], device=device) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    groups = min(32, min(size["channels"]))
+
+    def make(af, impl):
+        torch.manual_seed(0)
+        model = V.small_vae(size["channels"], groups=groups).to(device)
+        return make_alias_free(model, impl=impl) if af else model
+
+    def loss(model):
+        return V.vae_loss(model, x, gen)[0]
+
+    return {"plain": make(False, None), "af": make(True, "fast"), "af_ref": make(True, "ref")}, loss, \
+        "AF-VAE vs VAE (surgery: ideal resamplers, filtered SiLU; reconstruction + KL loss)"
+
+
+def _ldm_pair(device, size):
+    from afcore import ldm
+    from afcore.surgery import make_alias_free
+
+    sched = ldm.make_scheduler("ddpm")
+    z = torch.randn(size["batch"], 4, size["size"], size["size"], device=device)
+    gen = torch.Generator().manual_seed(0)
+
+    def make(af, impl):
+        torch.manual_seed(0)
+        model = ldm.latent_unet(size["channels"], sample_size=size["size"], groups=min(32, min(size["channels"])))
+        model = model.to(device)
+        return make_alias_free(model, impl=impl) if af else model
+
+    def loss(model):
+        return ldm.ldm_loss(model, z, sched, gen)[0]
+
+    return {"plain": make(False, None), "af": make(True, "fast"), "af_ref": make(True, "ref")}, loss, \
+        "AF-LDM vs LDM (surgery on the latent U-Net; diffusion loss)"
+
+
+def bench_models(device, sizes, rounds: int) -> list[dict]:
+    rows = []
+    for key, builder in (("config", _config_pair), ("vae", _vae_pair), ("ldm", _ldm_pair)):
+        models, loss, what = builder(device, sizes[key])
+        opts = {k: torch.optim.Adam(m.parameters(), lr=1e-5) for k, m in models.items()}
+
+        def step(k):
+            def run(forward_only=False):
+                models[k].train()
+                opts[k].zero_grad(set_to_none=True)
+                out = loss(models[k])
+                if not forward_only:
+                    out.backward()
+                    opts[k].step()
+            return run
+
+        times = _interleaved({k: step(k) for k in models}, rounds, device)
+        mem = {k: _memory(step(k), device) for k in models}
+        rows.append({"pair": key, "what": what, "size": sizes[key],
+                     **{f"{k}_step_ms": v * 1e3 for k, v in times.items()},
+                     **{f"{k}_memory_bytes": v for k, v in mem.items()},
+                     "time_ratio": times["af"] / times["plain"], "time_ratio_ref": times["af_ref"] / times["plain"],
+                     "memory_ratio": mem["af"] / max(mem["plain"], 1),
+                     "memory_ratio_ref": mem["af_ref"] / max(mem["plain"], 1)})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- report
+def run(device: str = "auto", scale: str | None = None, rounds: int = 3) -> dict:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but CUDA is not available")
+    scale = scale or ("gpu" if dev.type == "cuda" else "cpu")
+    if scale not in LAYER_SHAPES:
+        raise ValueError(f"scale must be one of {list(LAYER_SHAPES)}, got {scale!r}")
+    t0 = time.perf_counter()
+    layer_rows = bench_layers(dev, LAYER_SHAPES[scale], rounds)
+    model_rows = bench_models(dev, MODELS[scale], rounds)
     return {
-        "upsample_ideal": layers.AliasFreeUpsample(2, "ideal"),
-        "upsample_kaiser13_separable": layers.AliasFreeUpsample(2, **kaiser),
-        "upsample_jinc3x3_anjum": layers.AliasFreeUpsample(2, **anjum),
-        "upsample_bilinear_baseline": nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-        "downsample_ideal": layers.AliasFreeDownsample(2, "ideal"),
-        "downsample_kaiser13_separable": layers.AliasFreeDownsample(2, **kaiser),
-        "downsample_jinc3x3_anjum": layers.AliasFreeDownsample(2, **anjum),
-        "downsample_maxpool_baseline": nn.MaxPool2d(2),
-        "activation_plain_silu": nn.SiLU(),
-        "activation_filtered_silu_ideal": layers.FilteredActivation(nn.SiLU(), method="ideal"),
-        "activation_filtered_silu_kaiser13": layers.FilteredActivation(nn.SiLU(), **kaiser),
-    }
-
-
-def run(repeats: int = 5, devices=None) -> dict:
-    devices = devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    results = []
-    for dev in devices:
-        device = torch.device(dev)
-        for shape in SHAPES:
-            x = torch.randn(*shape, device=device)
-            megapixels = shape[0] * shape[1] * shape[2] * shape[3] / 1e6
-            for name, module in cases().items():
-                seconds = _time(module.to(device), x, repeats, device)
-                results.append({"device": dev, "shape": list(shape), "case": name, "ms": seconds * 1e3,
-                                "input_megavalues_per_s": megapixels / seconds})
-    return {
-        "what": "median wall time per call (forward, no grad), float32; input values per second = B*C*H*W / time",
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "what": ("fastest of `rounds` interleaved rounds (wall time, ms) per call, float32; ratios to the plain layer "
+                 "or model measured in the same run; memory: CUDA peak allocated during forward+backward, CPU bytes "
+                 "saved for backward (layers: memory_over_input = memory / bytes of the input); fraction_of_memory_bound_limit = time(x.clone()) / time(fused op)"),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or
+                                                                              platform.machine()),
+        "device_type": dev.type,
         "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "scale": scale,
+        "rounds": rounds,
         "date": datetime.date.today().isoformat(),
-        "repeats": repeats,
-        "results": results,
+        "wall_s": None,
+        "layers": layer_rows,
+        "models": model_rows,
+        "_t0": t0,
     }
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m afcore.bench", description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(REPO_ROOT / "metrics" / "bench_signal.json"))
+    parser = argparse.ArgumentParser(prog="python -m afcore.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    parser.add_argument("--scale", default=None, choices=sorted(LAYER_SHAPES), help="sizes (default: by device)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=None, help="default metrics/bench_signal.json (cpu) or "
+                                                    "metrics/bench_signal_<device type>.json")
     args = parser.parse_args(argv)
-    report = run(args.repeats)
-    save_json(report, args.out)
-    for r in report["results"]:
-        print(f"{r['device']:5s} {str(tuple(r['shape'])):20s} {r['case']:36s} {r['ms']:10.2f} ms")
-    print(f"wrote {args.out}")
+    report = run(args.device, args.scale, args.rounds)
+    report["wall_s"] = time.perf_counter() - report.pop("_t0")
+    out = args.out or str(REPO_ROOT / "metrics" / ("bench_signal.json" if report["device_type"] == "cpu"
+                                                   else f"bench_signal_{report['device_type']}.json"))
+    save_json(report, out)
+    print(f"{report['device']} ({report['device_type']}, {report['threads']} threads), scale {report['scale']}")
+    for r in report["layers"]:
+        print(f"{str(tuple(r['shape'])):18s} {r['case']:24s} {r['impl']:5s} fwd {r['fwd_ms']:8.2f} ms "
+              f"(x{r['fwd_ratio_to_plain']:6.1f})  fwd+bwd {r['fwd_bwd_ms']:8.2f} ms (x{r['fwd_bwd_ratio_to_plain']:6.1f})"
+              f"  mem/input {r['memory_over_input']:5.1f}")
+    for r in report["models"]:
+        print(f"{r['pair']:6s} plain {r['plain_step_ms']:8.1f} ms  af {r['af_step_ms']:8.1f} ms (x{r['time_ratio']:.2f}, "
+              f"mem x{r['memory_ratio']:.2f})  af ref {r['af_ref_step_ms']:8.1f} ms (x{r['time_ratio_ref']:.2f}, "
+              f"mem x{r['memory_ratio_ref']:.2f})")
+    print(f"wrote {out} in {report['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,21 @@
 
 Taught by notebooks 00_sampling_and_aliasing, 01_filters, 02_resampling_and_nonlinearity and 03_equivariance.
 
-Conventions: images and features are ``(..., H, W)`` tensors; shifts are ``(dy, dx)`` in pixels and a
-positive shift moves content toward larger indices (``scipy.ndimage.shift``); frequencies are in cycles per sample
-(Nyquist = 0.5) unless a function says otherwise. Every fast path keeps a plain, readable ``impl="ref"`` path that
+Conventions (written out with the equations in docs/signal.md): images and features are ``(..., H, W)`` tensors;
+shifts are ``(dy, dx)`` in pixels and a positive shift moves content toward larger indices (``scipy.ndimage.shift``);
+frequencies are in cycles per sample (Nyquist = 0.5) unless a function says otherwise. Every fast path keeps a plain, readable ``impl="ref"`` path that
 the tests compare against.
 
 Nyquist convention. For an even size N the frequency N/2 is both +1/2 and -1/2 cycles/sample; a real signal's
 component there is ``c cos(pi n)``. We treat it as split equally between +1/2 and -1/2 (as ``scipy.signal.resample``
 does): a shift by d multiplies it by ``cos(pi d)``, which is exactly ``(-1)**d`` for integer d (so integer Fourier
 shifts equal ``torch.roll``), and ideal filters whose edge falls on a bin keep that bin at half weight. Fractional
-shifts compose exactly for signals with no energy at Nyquist (band-limited signals).
+shifts compose exactly for signals with no energy at Nyquist (band-limited signals). One exception, by default: the
+ideal *down*-sampler zeroes the new Nyquist bin (``nyquist="zero"``), as the AF-LDM reference code does; see
+``downsample``.
+
+``impl="fast"`` (the default) runs the resamplers through ``afcore.fastops`` (polyphase separable FIR, real-FFT ideal
+filters); ``impl="ref"`` is the plain definition (zero insertion, explicit circulant matrices or rolled copies).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 IMPLS = ("fast", "ref")
+NYQUIST = ("zero", "half")
 RESAMPLE_METHODS = ("ideal", "kaiser")
 PADDINGS = ("circular", "zeros")
 
@@ -216,27 +222,35 @@ def frequency_response(taps: torch.Tensor, n: int = 512):
     return torch.fft.fftshift(torch.fft.fftfreq(n, dtype=torch.float64)), resp
 
 
-def _ideal_mask_1d(n: int, cutoff: float, device=None) -> torch.Tensor:
-    """Keep |k| < n*cutoff/2, half weight exactly at the edge (Nyquist split), zero beyond."""
-    edge = n * cutoff / 2
+def _ideal_mask_1d(n: int, cutoff: float, device=None, edge: str = "half") -> torch.Tensor:
+    """Keep |k| < n*cutoff/2; a bin exactly at the edge gets half weight (``edge="half"``, Nyquist split) or none
+    (``edge="zero"``); zero beyond."""
+    edge_k = n * cutoff / 2
     k = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=device).abs()
-    mask = (k < edge - 1e-9).double()
-    mask[(k - edge).abs() < 1e-9] = 0.5
+    mask = (k < edge_k - 1e-9).double()
+    mask[(k - edge_k).abs() < 1e-9] = 0.5 if edge == "half" else 0.0
     return mask
 
 
-def ideal_lowpass(x: torch.Tensor, cutoff: float, radial: bool = False, impl: str = "fast") -> torch.Tensor:
+def ideal_lowpass(x: torch.Tensor, cutoff: float, radial: bool = False, impl: str = "fast",
+                  edge: str = "half") -> torch.Tensor:
     """FFT-domain rectangular low-pass (circular): ``cutoff`` is a fraction of Nyquist (1.0 keeps everything).
 
     ``radial=False`` keeps the square ``|k_y|, |k_x| <= N cutoff / 2`` (separable, what alias-free resampling
     needs); ``radial=True`` keeps the disk ``|k| <= cutoff / 2`` cycles/sample (rotation-friendly). Bins exactly on
-    the edge keep half weight, the split-Nyquist convention of this module. ``impl="ref"`` applies the same
-    filter as an explicit circulant matrix per axis (square region only).
+    the edge keep half weight (``edge="half"``, the split-Nyquist convention of this module) or are removed
+    (``edge="zero"``). ``impl="ref"`` applies the same filter as an explicit circulant matrix per axis (square region
+    only); ``impl="fast"`` uses the real FFT with a cached mask (square region).
     """
     x = _check_image(x)
     if not 0 < cutoff <= 1:
         raise ValueError(f"cutoff must be in (0, 1] (fraction of Nyquist), got {cutoff!r}")
     _check_choice(impl, IMPLS, "impl")
+    _check_choice(edge, NYQUIST, "edge")
+    if impl == "fast" and not radial and not x.is_complex():
+        from afcore import fastops
+
+        return fastops.ideal_lowpass(x, cutoff, edge)
     h, w = x.shape[-2:]
     if radial:
         if impl == "ref":
@@ -244,13 +258,14 @@ def ideal_lowpass(x: torch.Tensor, cutoff: float, radial: bool = False, impl: st
         fy = torch.fft.fftfreq(h, dtype=torch.float64, device=x.device)[:, None]
         fx = torch.fft.fftfreq(w, dtype=torch.float64, device=x.device)[None, :]
         r = torch.sqrt(fy**2 + fx**2)
-        mask = (r < cutoff / 2 - 1e-9).double() + 0.5 * ((r - cutoff / 2).abs() < 1e-9).double()
+        on_edge = 0.5 if edge == "half" else 0.0
+        mask = (r < cutoff / 2 - 1e-9).double() + on_edge * ((r - cutoff / 2).abs() < 1e-9).double()
     else:
-        mask = _ideal_mask_1d(h, cutoff, x.device)[:, None] * _ideal_mask_1d(w, cutoff, x.device)[None, :]
+        mask = _ideal_mask_1d(h, cutoff, x.device, edge)[:, None] * _ideal_mask_1d(w, cutoff, x.device, edge)[None, :]
     if impl == "ref":
         def circulant(n):
             # row i holds the filter's impulse response centred on i: h[(i - m) mod n]
-            impulse = torch.fft.ifft(_ideal_mask_1d(n, cutoff, x.device).to(torch.complex128)).real
+            impulse = torch.fft.ifft(_ideal_mask_1d(n, cutoff, x.device, edge).to(torch.complex128)).real
             idx = (torch.arange(n, device=x.device)[:, None] - torch.arange(n, device=x.device)[None, :]) % n
             return impulse[idx].to(x.dtype)
         return circulant(h) @ x @ circulant(w).T
@@ -323,6 +338,17 @@ def _kaiser_taps(factor: int, numtaps: int | None, beta: float, radial: bool, no
     return lowpass_filter(numtaps, cutoff, fs=2.0, beta=beta, radial=radial, normalize=normalize)
 
 
+def fir_spec(factor: int, numtaps: int | None = None, beta: float = 8.0, radial: bool = False,
+             normalize: bool = True):
+    """The hashable description of ``_kaiser_taps``'s filter that the fast paths cache their weights by."""
+    from afcore import fastops
+
+    numtaps = numtaps if numtaps is not None else 6 * factor + 1
+    if not isinstance(numtaps, int) or numtaps < 1 or numtaps % 2 == 0:
+        raise ValueError(f"numtaps must be a positive odd int so the filter is centred on a sample, got {numtaps!r}")
+    return fastops.FirSpec(factor, numtaps, float(beta), bool(radial), bool(normalize))
+
+
 def upsample(x: torch.Tensor, factor: int = 2, method: str = "ideal", numtaps: int | None = None,
              beta: float = 8.0, radial: bool = False, normalize: bool = True, padding: str = "circular",
              impl: str = "fast") -> torch.Tensor:
@@ -330,14 +356,31 @@ def upsample(x: torch.Tensor, factor: int = 2, method: str = "ideal", numtaps: i
 
     Zero insertion (``out[f*i] = x[i]``), then a reconstruction low-pass at ``1/factor`` of the new Nyquist, with
     gain ``factor**2`` (the zeros diluted the signal). ``method="ideal"`` does it in the FFT domain and equals
-    ``scipy.signal.resample`` along each axis; ``method="kaiser"`` uses a Kaiser-windowed sinc (separable) or jinc
-    (``radial=True``) FIR filter with ``numtaps`` (odd, default ``6*factor+1``) and ``beta``.
+    ``scipy.signal.resample`` along each axis (the input's Nyquist bin, for even sizes, is split in half between
+    +N/2 and -N/2); ``method="kaiser"`` uses a Kaiser-windowed sinc (separable) or jinc (``radial=True``) FIR filter
+    with ``numtaps`` (odd, default ``6*factor+1``) and ``beta``. ``impl="ref"`` is that definition literally;
+    ``impl="fast"`` (``afcore.fastops``) gives the same values without the zero-inserted tensor.
+
+    A short FIR filter need not give every output phase the same DC gain: Anjum et al.'s 3x3 jinc (``numtaps=3,
+    radial=True``, w_c = pi/2) turns a constant c into a checkerboard ``c * 4 * (h[1,1], 2 h[1,0], 4 h[0,0])`` on
+    the (even, even), (even, odd) and (odd, odd) output pixels, about 0.88-1.10 c for beta 1, normalised. That is the
+    paper's filter, reproduced: a 3x3 kernel *can* have equal phase gains (the bilinear tent [1, 2, 1] / 4 does),
+    but the windowed jinc is not designed as such a (Nyquist) filter; a longer Kaiser filter brings the ripple
+    down (below 1e-4 at 13 taps, beta 8). Their code also omits the gain factor**2, which this function keeps.
     """
     x = _check_image(x)
     factor = _check_factor(factor)
     _check_choice(method, RESAMPLE_METHODS, "method")
+    _check_choice(padding, PADDINGS, "padding")
+    _check_choice(impl, IMPLS, "impl")
     if factor == 1:
         return x
+    if impl == "fast":
+        from afcore import fastops
+
+        if method == "ideal":
+            return fastops.ideal_up(x, factor)
+        return fastops.fir_up(x, fir_spec(factor, numtaps, beta, radial, normalize), padding)
     h, w = x.shape[-2:]
     z = x.new_zeros(*x.shape[:-2], h * factor, w * factor)
     z[..., ::factor, ::factor] = x
@@ -349,22 +392,38 @@ def upsample(x: torch.Tensor, factor: int = 2, method: str = "ideal", numtaps: i
 
 def downsample(x: torch.Tensor, factor: int = 2, method: str = "ideal", numtaps: int | None = None,
                beta: float = 8.0, radial: bool = False, normalize: bool = True, padding: str = "circular",
-               impl: str = "fast") -> torch.Tensor:
+               impl: str = "fast", nyquist: str = "zero") -> torch.Tensor:
     """Alias-free down-sampling: low-pass at ``1/factor`` of Nyquist, then keep every ``factor``-th sample.
 
     On a signal already band-limited below the new Nyquist, the ideal version is exactly shift-equivariant:
     ``downsample(T_d x) == T_{d/factor} downsample(x)`` for any fractional d.
+
+    ``nyquist`` (ideal method, even output sizes): what happens to the new Nyquist frequency ``1/(2 factor)``
+    cycles/sample of the input, the edge of the ideal low-pass. ``"zero"`` (default) removes it, as the AF-LDM
+    reference code's ideal low-pass does: the output is then strictly band-limited below its own Nyquist, so any
+    fractional shift of it is unambiguous. ``"half"`` keeps it at half weight (this module's split-Nyquist
+    convention): the down-sampler is then exactly the adjoint of the ideal up-sampler divided by ``factor**2``
+    (each is the other's gradient), and it matches a low-pass that treats the bin as half in, half out.
     """
     x = _check_image(x)
     factor = _check_factor(factor)
     _check_choice(method, RESAMPLE_METHODS, "method")
+    _check_choice(padding, PADDINGS, "padding")
+    _check_choice(impl, IMPLS, "impl")
+    _check_choice(nyquist, NYQUIST, "nyquist")
     h, w = x.shape[-2:]
     if h % factor or w % factor:
         raise ValueError(f"x's size {(h, w)} must be divisible by factor={factor}")
     if factor == 1:
         return x
+    if impl == "fast":
+        from afcore import fastops
+
+        if method == "ideal":
+            return fastops.ideal_down(x, factor, nyquist)
+        return fastops.fir_down(x, fir_spec(factor, numtaps, beta, radial, normalize), padding)
     if method == "ideal":
-        y = ideal_lowpass(x, 1.0 / factor, impl=impl)
+        y = ideal_lowpass(x, 1.0 / factor, impl=impl, edge=nyquist)
     else:
         y = fir_filter(x, _kaiser_taps(factor, numtaps, beta, radial, normalize), padding=padding, impl=impl)
     return y[..., ::factor, ::factor]

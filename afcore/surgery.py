@@ -4,7 +4,8 @@ Taught by notebook 20_af_vae (VAE) and used by 30_af_ldm (U-Net); later notebook
 (AF-SD) and ``ControlNetModel`` (AF-YOSO). Works on ``AutoencoderKL``, ``UNet2DModel``, ``UNet2DConditionModel`` and
 ``ControlNetModel`` (diffusers 0.42). Three switchable parts:
 
-- ``resample``: every ``Downsample2D`` becomes "conv with stride 1, ideal low-pass at 1/2, every 2nd sample"; every
+- ``resample``: every ``Downsample2D`` becomes "conv with stride 1, ideal low-pass at 1/2, every 2nd sample" (the
+  new Nyquist bin zeroed, as in the AF-LDM reference; ``nyquist="half"`` keeps it at half weight); every
   ``Upsample2D`` becomes "ideal x2 up-sampling, then its conv" (instead of nearest + conv). Other resampler classes
   (``FirDownsample2D``, ``KDownsample2D``, transposed-conv up-samplers) are not converted;
 - ``nonlinearity``: every ``ResnetBlock2D``'s nonlinearity becomes the filtered one (x2 up, activation, low-pass,
@@ -28,6 +29,10 @@ The AF-LDM reference (AF-YOSO) does not make it alias-free either: it replaces t
 the VAE latent, a model change (it removes parameters) that belongs to the notebook that trains it, not to this
 parameter-free patch. Its down blocks and mid block are patched like the U-Net's (its 1x1 zero convs need nothing).
 
+Speed: the patched modules use the fast paths of ``afcore.layers`` (real-FFT resampling, fused filtered SiLU that
+keeps only its input for backward) unless ``impl="ref"`` is given here, or later with ``layers.set_impl(model, "ref")``
+or globally with ``layers.set_default_impl("ref")``.
+
 Patched modules keep their class's attributes and parameter names (the class is swapped for a subclass and the
 nonlinearity is wrapped by a parameter-free module), so state dicts are unchanged. The patch is recorded by
 ``save_alias_free`` (``alias_free.json`` beside the weights) and re-applied by ``load_alias_free``.
@@ -42,29 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afcore import layers, signal
+from afcore import layers
 
 PATCH_FILE = "alias_free.json"
-
-
-def _ideal_down2(x: torch.Tensor) -> torch.Tensor:
-    """Ideal low-pass at half Nyquist, keep samples 0, 2, ... (``signal.downsample`` when both sizes are even)."""
-    h, w = x.shape[-2:]
-    if h % 2 == 0 and w % 2 == 0:
-        return signal.downsample(x, 2, method="ideal")
-    return signal.ideal_lowpass(x, 0.5)[..., ::2, ::2]
-
-
-def _ideal_up2(x: torch.Tensor, output_size=None) -> torch.Tensor:
-    """Ideal x2 up-sampling, cropped to ``output_size`` when that is one sample short (odd sizes)."""
-    h, w = x.shape[-2:]
-    if output_size is None:
-        return signal.upsample(x, 2, method="ideal")
-    out = tuple(int(s) for s in output_size)
-    if len(out) != 2 or out[0] not in (2 * h, 2 * h - 1) or out[1] not in (2 * w, 2 * w - 1):
-        raise ValueError(f"output_size must be (2h or 2h-1, 2w or 2w-1) = {((2 * h, 2 * h - 1), (2 * w, 2 * w - 1))} "
-                         f"for an input of size {(h, w)}, got {tuple(output_size)}")
-    return signal.upsample(x, 2, method="ideal")[..., :out[0], :out[1]]
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,7 +66,7 @@ def _downsample_cls():
                 conv = self.conv
                 hidden_states = F.conv2d(hidden_states, conv.weight, conv.bias, stride=1,
                                          padding=conv.kernel_size[0] // 2)
-            return _ideal_down2(hidden_states)
+            return layers.ideal_down2(hidden_states, self.af_impl, getattr(self, "af_nyquist", "zero"))
 
     return Downsample2D, AliasFreeDownsample2D
 
@@ -104,7 +89,7 @@ def _upsample_cls():
                 return super().forward(hidden_states, output_size)
             if self.norm is not None:
                 hidden_states = self.norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            hidden_states = _ideal_up2(hidden_states, output_size)
+            hidden_states = layers.ideal_up2(hidden_states, output_size, self.af_impl)
             if self.use_conv:
                 hidden_states = self.conv(hidden_states) if self.name == "conv" else self.Conv2d_0(hidden_states)
             return hidden_states
@@ -112,17 +97,7 @@ def _upsample_cls():
     return Upsample2D, AliasFreeUpsample2D
 
 
-class SpatialFilteredActivation(layers.FilteredActivation):
-    """``FilteredActivation`` on 4-D feature maps; the plain activation on tensors without two spatial axes.
-
-    ``ResnetBlock2D`` applies one ``nonlinearity`` module both to its feature maps and to the (batch, channels)
-    time embedding; only the former has a spectrum to protect.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            return self.act(x)
-        return super().forward(x)
+SpatialFilteredActivation = layers.SpatialFilteredActivation  # its home is afcore.layers; kept here by name
 
 
 def _full_resolution_blocks(model: nn.Module) -> set[int]:
@@ -139,15 +114,22 @@ def _full_resolution_blocks(model: nn.Module) -> set[int]:
 
 
 def make_alias_free(model: nn.Module, resample: bool = True, nonlinearity: bool = True,
-                    keep_full_resolution: bool | None = None) -> nn.Module:
+                    keep_full_resolution: bool | None = None, nyquist: str = "zero",
+                    impl: str | None = None) -> nn.Module:
     """Patch ``model`` in place (see the module docstring); returns it. ``keep_full_resolution`` defaults to True
     for ``AutoencoderKL`` and False otherwise (``UNet2DModel``, ``UNet2DConditionModel``, ``ControlNetModel``).
+    ``nyquist``: the ideal down-samplers' new-Nyquist bin, ``"zero"`` (reference) or ``"half"``. ``impl``: ``"fast"``,
+    ``"ref"`` or None (follow ``afcore.layers``' default at call time); a runtime choice, not saved with the patch.
     ``patched_modules(model)`` counts what was converted."""
     from diffusers import AutoencoderKL
     from diffusers.models.resnet import ResnetBlock2D
 
     if getattr(model, "_alias_free_patch", None):
         raise ValueError("make_alias_free: this model is already patched")
+    if nyquist not in ("zero", "half"):
+        raise ValueError(f"nyquist must be one of ['zero', 'half'], got {nyquist!r}")
+    if impl is not None and impl not in layers.IMPLS:
+        raise ValueError(f"impl must be one of {list(layers.IMPLS)} or None, got {impl!r}")
     if keep_full_resolution is None:
         keep_full_resolution = isinstance(model, AutoencoderKL)
     down_base, down_af = _downsample_cls()
@@ -156,13 +138,18 @@ def make_alias_free(model: nn.Module, resample: bool = True, nonlinearity: bool 
     for module in list(model.modules()):
         if resample and type(module) is down_base:
             module.__class__ = down_af
+            module.af_impl, module.af_nyquist = impl, nyquist
         elif resample and type(module) is up_base:
             module.__class__ = up_af
+            module.af_impl = impl
         elif nonlinearity and isinstance(module, ResnetBlock2D) and id(module) not in skip:
             if not isinstance(module.nonlinearity, layers.FilteredActivation):
-                module.nonlinearity = SpatialFilteredActivation(module.nonlinearity, up=2, method="ideal")
+                module.nonlinearity = layers.SpatialFilteredActivation(module.nonlinearity, up=2, method="ideal",
+                                                                       nyquist=nyquist, impl=impl)
     model._alias_free_patch = {"resample": resample, "nonlinearity": nonlinearity,
                                "keep_full_resolution": keep_full_resolution}
+    if nyquist != "zero":  # recorded only when it differs, so records of default patches stay as they were
+        model._alias_free_patch["nyquist"] = nyquist
     return model
 
 
@@ -192,8 +179,9 @@ def save_alias_free(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def load_alias_free(model_cls, path: str | Path) -> nn.Module:
-    """Load a diffusers model saved by ``save_alias_free`` (or any ``from_pretrained`` path) and re-apply its patch."""
+def load_alias_free(model_cls, path: str | Path, impl: str | None = None) -> nn.Module:
+    """Load a diffusers model saved by ``save_alias_free`` (or any ``from_pretrained`` path) and re-apply its patch
+    (with ``impl``, see ``make_alias_free``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
@@ -202,5 +190,5 @@ def load_alias_free(model_cls, path: str | Path) -> nn.Module:
     if patch_file.exists():
         patch = json.loads(patch_file.read_text())
         if patch["resample"] or patch["nonlinearity"]:
-            make_alias_free(model, **patch)
+            make_alias_free(model, **patch, impl=impl)
     return model.eval()

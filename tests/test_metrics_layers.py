@@ -93,3 +93,31 @@ def test_polyphase_kaiser_layers_equal_the_filter_then_resample_definition(radia
     up = L.AliasFreeUpsample(2, "kaiser", **kw)
     torch.testing.assert_close(down(x), S.downsample(x, 2, method="kaiser", impl="ref", **kw))
     torch.testing.assert_close(up(x), S.upsample(x, 2, method="kaiser", impl="ref", **kw))
+
+
+# ------------------------------------------------------------ exact integer-shift equivariance (circular padding)
+CIRCULAR_FILTERS = {
+    "ideal": dict(method="ideal"),
+    "ideal_half_nyquist": dict(method="ideal", nyquist="half"),
+    "kaiser13": dict(method="kaiser", numtaps=13, beta=8.0),
+    "jinc3_anjum": dict(method="kaiser", numtaps=3, beta=1.0, radial=True),
+}
+
+
+@pytest.mark.parametrize("impl", ["fast", "ref"])
+@pytest.mark.parametrize("name", list(CIRCULAR_FILTERS))
+def test_alias_free_layers_commute_exactly_with_integer_rolls(name, impl):
+    """Any input (no band limit needed): rolling by d before the layer equals rolling its output by d (activation),
+    2d (x2 up-sampling) or d/2 (x2 down-sampling, d a multiple of 2)."""
+    kw = CIRCULAR_FILTERS[name]
+    x = torch.randn(2, 3, 12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    act = L.FilteredActivation(torch.nn.SiLU(), impl=impl, **kw)
+    up = L.AliasFreeUpsample(2, impl=impl, **kw)
+    down = L.AliasFreeDownsample(2, impl=impl, **kw)
+    tol = dict(rtol=0, atol=1e-12)
+    for d in [(1, 0), (0, -3), (5, 7), (-2, 4)]:
+        roll = lambda t, k=1: torch.roll(t, (k * d[0], k * d[1]), (-2, -1))  # noqa: E731
+        torch.testing.assert_close(act(roll(x)), roll(act(x)), **tol)
+        torch.testing.assert_close(up(roll(x)), roll(up(x), 2), **tol)
+        even = (2 * d[0], 2 * d[1])
+        torch.testing.assert_close(down(torch.roll(x, even, (-2, -1))), roll(down(x)), **tol)

@@ -167,3 +167,95 @@ def test_bad_arguments_raise_clear_errors():
         S.downsample(torch.randn(7, 8), 2)
     with pytest.raises(ValueError, match=r"shape \(\.\.\., H, W\)"):
         S.fourier_shift(torch.randn(5), (1, 1))
+
+
+# ------------------------------------------------------------ filters against independent definitions
+def circular_lowpass_kernel(omega_c, n, beta=None):
+    """Anjum et al.'s radial low-pass, written out independently: w_c J1(w_c r) / (2 pi r), centre w_c^2 / (4 pi),
+    times the outer product of two 1-D Kaiser windows of n points."""
+    kernel = np.empty((n, n))
+    c = (n - 1) / 2
+    for i in range(n):
+        for j in range(n):
+            r = np.hypot(i - c, j - c)
+            kernel[i, j] = omega_c**2 / (4 * np.pi) if r == 0 else omega_c * scipy.special.j1(omega_c * r) / (2 * np.pi * r)
+    if beta is not None:
+        window = scipy.signal.windows.kaiser(n, beta, sym=True)
+        kernel = kernel * window[:, None] * window[None, :]
+    return kernel
+
+
+@pytest.mark.parametrize("n", [3, 5, 9])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.0, 8.0])
+@pytest.mark.parametrize("cutoff", [0.5, 0.25])
+def test_radial_kaiser_jinc_equals_the_reference_circular_lowpass_kernel(n, beta, cutoff):
+    omega_c = np.pi * cutoff  # cutoff (fraction of Nyquist, fs=2) -> radians per sample
+    ref = circular_lowpass_kernel(omega_c, n, beta)
+    ours = S.lowpass_filter(n, cutoff, fs=2.0, beta=beta, radial=True, normalize=False, dtype=torch.float64)
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-12, atol=1e-15)
+    normalised = S.lowpass_filter(n, cutoff, fs=2.0, beta=beta, radial=True, dtype=torch.float64)
+    np.testing.assert_allclose(normalised.numpy(), ref / ref.sum(), rtol=1e-12, atol=1e-15)
+
+
+def kaiser_beta_by_formula(numtaps, width_over_nyquist):
+    """Kaiser's empirical design formulas (attenuation from taps and width, then beta from attenuation)."""
+    atten = 2.285 * (numtaps - 1) * np.pi * width_over_nyquist + 7.95
+    if atten > 50:
+        return 0.1102 * (atten - 8.7)
+    if atten >= 21:
+        return 0.5842 * (atten - 21) ** 0.4 + 0.07886 * (atten - 21)
+    return 0.0
+
+
+@pytest.mark.parametrize("numtaps,width,fs", [(13, 0.25, 2.0), (25, 0.3, 2.0), (7, 0.1, 2.0), (13, 40.0, 256.0),
+                                              (4, 0.05, 2.0)])
+def test_kaiser_beta_matches_scipy_and_kaisers_formulas(numtaps, width, fs):
+    ours = S.kaiser_beta(numtaps, width, fs=fs)
+    ref = scipy.signal.kaiser_beta(scipy.signal.kaiser_atten(numtaps, width / (0.5 * fs)))
+    assert ours == pytest.approx(ref, rel=1e-12, abs=1e-12)
+    assert ours == pytest.approx(kaiser_beta_by_formula(numtaps, width / (0.5 * fs)), rel=1e-12, abs=1e-12)
+
+
+# ------------------------------------------------------------ the ideal down-sampler's Nyquist bin
+def test_ideal_downsample_zeroes_the_new_nyquist_by_default_and_half_is_the_adjoint_of_upsample(noise):
+    n = torch.arange(16, dtype=torch.float64)
+    checker = torch.cos(torch.pi * n / 2)[None, :].expand(8, 16)  # 1/4 cycle/sample along W: the new Nyquist
+    for impl in ("fast", "ref"):
+        assert S.downsample(checker, 2, impl=impl).abs().max() < 1e-12  # default: removed (AF-LDM reference)
+        half = S.downsample(checker, 2, impl=impl, nyquist="half")
+        torch.testing.assert_close(half, 0.5 * torch.cos(torch.pi * torch.arange(8.0, dtype=torch.float64))
+                                   .expand(4, 8), rtol=0, atol=1e-12)
+    # default output of any input has no energy at its own Nyquist (even sizes): strictly band-limited
+    spec = torch.fft.fft2(S.downsample(noise, 2))
+    assert spec[..., 4, :].abs().max() < 1e-10 and spec[..., :, 5].abs().max() < 1e-10
+    # half weight: <down(x), y> = <x, up(y)> / 4, the adjoint pair (each is the other's gradient)
+    y = torch.randn(2, 3, 8, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    lhs = (S.downsample(noise, 2, nyquist="half") * y).sum()
+    rhs = (noise * S.upsample(y, 2)).sum() / 4
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-12)
+    assert (S.downsample(noise, 2) * y).sum().item() != pytest.approx(rhs.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="nyquist must be one of"):
+        S.downsample(noise, 2, nyquist="full")
+
+
+# ------------------------------------------------------------ the 3x3 up-sampler of Anjum et al.
+@pytest.mark.parametrize("impl", ["fast", "ref"])
+def test_3x3_jinc_upsampler_turns_a_constant_into_the_papers_checkerboard(impl):
+    """Not a defect: the windowed jinc's polyphase components have unequal DC gains (a 3x3 kernel could have equal
+    ones, the bilinear tent does), so a constant becomes 4c (h11, 2 h10, 4 h00) on the four output phases."""
+    c = 0.7
+    const = torch.full((1, 6, 8), c, dtype=torch.float64)
+    kw = dict(method="kaiser", numtaps=3, beta=1.0, radial=True, normalize=True, padding="circular", impl=impl)
+    up = S.upsample(const, 2, **kw)[0]
+    h = S.lowpass_filter(3, 0.5, beta=1.0, radial=True, dtype=torch.float64)
+    torch.testing.assert_close(up[::2, ::2], torch.full((6, 8), 4 * c * h[1, 1].item(), dtype=torch.float64))
+    torch.testing.assert_close(up[::2, 1::2], torch.full((6, 8), 8 * c * h[1, 0].item(), dtype=torch.float64))
+    torch.testing.assert_close(up[1::2, ::2], torch.full((6, 8), 8 * c * h[0, 1].item(), dtype=torch.float64))
+    torch.testing.assert_close(up[1::2, 1::2], torch.full((6, 8), 16 * c * h[0, 0].item(), dtype=torch.float64))
+    assert 0.88 < up.min().item() / c < 0.89 and 1.09 < up.max().item() / c < 1.10
+    assert up.mean().item() == pytest.approx(c)  # the mean is kept: the kernel sums to 1, the gain is 4
+    # the same construction with the tent [1, 2, 1] / 4 gives every phase gain 1: the ripple is the jinc's
+    tent = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=torch.float64) / 16
+    z = torch.zeros(12, 16, dtype=torch.float64)
+    z[::2, ::2] = c
+    torch.testing.assert_close(4 * S.fir_filter(z, tent), torch.full((12, 16), c, dtype=torch.float64))

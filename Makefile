@@ -7,7 +7,7 @@ PROFILE ?= cpu
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install repro test lab bench exercises profile clean-venv
+.PHONY: install repro test lab bench exercises profile clean-venv check-claims claims
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ exercises: install
 # make profile PROFILE=gpu   (or cpu, smoke): rewrites params.yaml from profiles/*.yaml
 profile: install
 	python -m afcore.params use $(PROFILE)
+
+# Numbers quoted in README/docs/notebook text against metrics/ (claims: rewrite them after a re-run, then re-read)
+check-claims: install
+	python -m afcore.claims
+
+claims: install
+	python -m afcore.claims --fix
 
 clean-venv:
 	rm -rf $(VENV)

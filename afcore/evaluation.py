@@ -6,9 +6,11 @@ same data set in the classifier stage. Metric names carry the feature extractor,
 numbers are comparable across our configs, never to the paper's Inception-based numbers.
 
 API (used by 11_classifier, the Config A-E evaluation and AF-LDM):
-- ``fid_kid_is(real, fake, features=clf_or_"inception"|"auto", tag=...)`` -> dict with keys ``IS[<f>]``,
-  ``FID[<f>]``, ``KIDx100[<f>]``, ``KIDx100_std[<f>]`` where ``<f>`` is ``clf-<tag>``, ``rand-<tag>`` or
-  ``inception``. Images are float (N, C, 32, 32) in [-1, 1]. ``quality_metrics`` is the same with a classifier.
+- ``fid_kid_is(real, fake, features=clf_or_"inception"|"auto", tag=..., device=...)`` -> dict with keys
+  ``IS[<f>]``, ``FID[<f>]``, ``KIDx100[<f>]``, ``KIDx100_std[<f>]`` where ``<f>`` is ``clf-<tag>``, ``rand-<tag>``
+  or ``inception``. Images are float (N, C, 32, 32) in [-1, 1]. ``quality_metrics`` is the same with a classifier.
+- ``frechet_distance``, ``kernel_inception_distance``, ``inception_score`` on precomputed features (float64; tested
+  against torchmetrics and against a hand-written unbiased MMD), ``extract`` (features batch by batch on a device).
 - ``inception_available()`` -> (bool, reason): torch-fidelity installed and its FID weights cached locally.
 - ``DigitClassifier`` (features 64-d, logits 10), ``calibrate_batchnorm(model, images)``, ``random_features(in_channels, seed)`` (a frozen random CNN,
   the honest choice for the unlabelled natural32 stand-in), ``load_classifier(path)``, ``save_classifier``,
@@ -22,11 +24,14 @@ from torch import nn
 
 
 class DigitClassifier(nn.Module):
-    """A small CNN for 32x32 images: features (64-d) -> logits (10).
+    """A small CNN for 32x32 images: features (64-d, non-negative) -> logits (10).
 
-    The features end in a non-affine BatchNorm, so in eval mode they are standardised with the training set's
-    statistics (about unit variance per dimension): FID is in comparable units across data sets and KID's cubic
-    polynomial kernel ``(x.y / d + 1)^3`` stays well scaled.
+    Features are the global average of the last ReLU layer (like Inception's pool features), divided by one scalar
+    ``feature_scale`` (a buffer) set by ``calibrate_batchnorm`` so that the training set's features have unit RMS per
+    dimension. One scalar for all dimensions keeps the feature geometry: FID and KID then have the usual magnitudes
+    (FID of tens for clearly different sets, KID x100 of a few units). An earlier version standardised every dimension
+    separately (a non-affine BatchNorm); dimensions that barely vary on real digits were then divided by a tiny
+    standard deviation, and off-distribution samples produced FID in the thousands and KID x100 in the millions.
     """
 
     def __init__(self, in_channels: int = 1, n_classes: int = 10):
@@ -36,54 +41,99 @@ class DigitClassifier(nn.Module):
             nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.BatchNorm1d(64, affine=False),
         )
+        self.register_buffer("feature_scale", torch.ones((), device="cpu"))
         self.head = nn.Linear(64, n_classes)
 
     def features(self, x):
-        return self.body(x)
+        return self.body(x) / self.feature_scale
 
     def forward(self, x):
-        return self.head(self.body(x))
+        return self.head(self.features(x))
 
 
-class _Features(nn.Module):
-    """Adapter for torchmetrics: float images in [-1, 1] -> features (or logits)."""
+@torch.no_grad()
+def extract(classifier: DigitClassifier, images: torch.Tensor, device="cpu", batch: int = 500,
+            logits: bool = False) -> torch.Tensor:
+    """Features (or logits) of ``images`` in float64 on the CPU, computed batch by batch on ``device``."""
+    device = torch.device(device)
+    model = classifier.eval().to(device)
+    out = []
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch].to(device, torch.float32)
+        out.append((model(x) if logits else model.features(x)).double().cpu())
+    return torch.cat(out)
 
-    def __init__(self, classifier: DigitClassifier, logits: bool = False):
-        super().__init__()
-        self.classifier, self.logits = classifier.eval(), logits
-        self.num_features = classifier.head.out_features if logits else classifier.head.in_features
 
-    @torch.no_grad()
-    def forward(self, x):
-        x = x.float()
-        return self.classifier(x) if self.logits else self.classifier.features(x)
+def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+
+
+def frechet_distance(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> float:
+    """FID between two feature sets (float64): |mu_r - mu_f|^2 + tr(C_r + C_f - 2 (C_r^1/2 C_f C_r^1/2)^1/2).
+
+    Covariances are unbiased (divide by n - 1), as in torchmetrics and the original implementation; the trace of the
+    matrix square root is taken in the symmetric form, which equals tr((C_r C_f)^1/2).
+    """
+    a, b = real_feats.double(), fake_feats.double()
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"features must be (n, d) with the same d, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("FID needs at least 2 real and 2 fake feature vectors")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = torch.cov(a.T), torch.cov(b.T)
+    root_a = _sqrtm_psd(ca)
+    cross = _sqrtm_psd(root_a @ cb @ root_a)
+    return float(((mu_a - mu_b) ** 2).sum() + torch.trace(ca) + torch.trace(cb) - 2 * torch.trace(cross))
+
+
+def _poly_mmd2(x: torch.Tensor, y: torch.Tensor, degree: int = 3, coef: float = 1.0) -> torch.Tensor:
+    """Unbiased MMD^2 with the polynomial kernel k(a, b) = (a.b / d + coef)^degree (KID's kernel)."""
+    d, m = x.shape[1], len(x)
+    kxx, kyy, kxy = ((x @ x.T) / d + coef) ** degree, ((y @ y.T) / d + coef) ** degree, ((x @ y.T) / d + coef) ** degree
+    off = lambda k: k.sum() - k.diagonal().sum()  # noqa: E731
+    return (off(kxx) + off(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+
+
+def kernel_inception_distance(real_feats: torch.Tensor, fake_feats: torch.Tensor, subset_size: int = 100,
+                              subsets: int = 100, generator: torch.Generator | None = None) -> tuple[float, float]:
+    """KID (Binkowski et al.): mean and standard deviation over ``subsets`` random subsets of ``subset_size``
+    (drawn without replacement within a subset) of the unbiased polynomial-kernel MMD^2. Can be slightly negative."""
+    a, b = real_feats.double(), fake_feats.double()
+    k = min(subset_size, len(a), len(b))
+    if k < 2:
+        raise ValueError(f"KID needs subsets of at least 2 images, got subset_size={subset_size} with "
+                         f"{len(a)} real and {len(b)} fake")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    values = torch.stack([_poly_mmd2(a[torch.randperm(len(a), generator=g, device="cpu")[:k]],
+                                     b[torch.randperm(len(b), generator=g, device="cpu")[:k]]) for _ in range(subsets)])
+    return float(values.mean()), float(values.std(unbiased=False))
+
+
+def inception_score(logits: torch.Tensor) -> float:
+    """IS = exp(E_x KL(p(y|x) || p(y))) with one split (p(y) the mean prediction over all images)."""
+    p = torch.softmax(logits.double(), dim=1)
+    log_p = torch.log_softmax(logits.double(), dim=1)
+    marginal = p.mean(0, keepdim=True)
+    return float(torch.exp((p * (log_p - torch.log(marginal))).sum(1).mean()))
 
 
 def quality_metrics(real: torch.Tensor, fake: torch.Tensor, classifier: DigitClassifier, tag: str,
-                    kid_subset: int = 100) -> dict:
+                    kid_subset: int = 100, device="cpu", kid_subsets: int = 100) -> dict:
     """IS, FID and KID (x100, as the paper reports) of ``fake`` against ``real``, with classifier features.
 
-    Keys are ``IS[clf-<tag>]`` etc. (``rand-<tag>`` for ``random_features`` modules). KID uses subsets of
-    ``min(kid_subset, len(real), len(fake))`` images and is the unbiased MMD estimate (can be slightly negative).
+    Keys are ``IS[clf-<tag>]``, ``FID[...]``, ``KIDx100[...]`` and ``KIDx100_std[...]`` (the standard deviation of
+    KID over its ``kid_subsets`` subsets of ``min(kid_subset, len(real), len(fake))`` images); ``rand-<tag>`` for
+    ``random_features`` modules. Features are computed on ``device``; the statistics in float64 on the CPU.
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.inception import InceptionScore
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    size = tuple(real.shape[1:])
-    fid = FrechetInceptionDistance(feature=_Features(classifier), input_img_size=size)
-    kid = KernelInceptionDistance(feature=_Features(classifier), subset_size=min(kid_subset, len(real), len(fake)))
-    score = InceptionScore(feature=_Features(classifier, logits=True), splits=1)
-    for metric in (fid, kid):
-        metric.update(real, real=True)
-        metric.update(fake, real=False)
-    score.update(fake)
-    kid_mean, kid_std = kid.compute()
+    fr = extract(classifier, real, device)
+    ff = extract(classifier, fake, device)
+    kid_mean, kid_std = kernel_inception_distance(fr, ff, kid_subset, kid_subsets)
     f = f"{getattr(classifier, 'feature_kind', 'clf')}-{tag}"
-    return {f"IS[{f}]": float(score.compute()[0]), f"FID[{f}]": float(fid.compute()),
-            f"KIDx100[{f}]": float(kid_mean) * 100, f"KIDx100_std[{f}]": float(kid_std) * 100}
+    return {f"IS[{f}]": inception_score(extract(classifier, fake, device, logits=True)),
+            f"FID[{f}]": frechet_distance(fr, ff),
+            f"KIDx100[{f}]": kid_mean * 100, f"KIDx100_std[{f}]": kid_std * 100}
 
 
 def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
@@ -116,6 +166,9 @@ def load_classifier(path) -> DigitClassifier:
         raise FileNotFoundError(f"{path} not found: run the classifier stage first (`dvc repro classifier`)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = DigitClassifier(**state["init_args"])
+    if "feature_scale" not in state["state_dict"]:
+        raise ValueError(f"{path} was saved by an older DigitClassifier (per-dimension standardised features): "
+                         "re-run the classifier stage (`dvc repro classifier`)")
     model.load_state_dict(state["state_dict"])
     model.feature_kind = state.get("feature_kind", "clf")
     return model.eval()
@@ -142,7 +195,8 @@ def random_features(in_channels: int = 3, seed: int = 0, calibrate: torch.Tensor
 
 
 def calibrate_batchnorm(model: DigitClassifier, images: torch.Tensor, batch: int = 500) -> DigitClassifier:
-    """Recompute every BatchNorm's running statistics as the exact average over ``images`` (weights unchanged).
+    """Recompute every BatchNorm's running statistics as the exact average over ``images`` (weights unchanged), then
+    set ``feature_scale`` so the features of ``images`` have unit RMS per dimension.
 
     Used after training (the momentum-averaged statistics of a short run lag behind the weights) and for the random
     features. Returns the model in eval mode.
@@ -158,7 +212,11 @@ def calibrate_batchnorm(model: DigitClassifier, images: torch.Tensor, batch: int
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = 0.1
-    return model.eval()
+    model.eval()
+    with torch.no_grad():
+        feats = torch.cat([model.body(images[i:i + batch].float()) for i in range(0, len(images), batch)])
+        model.feature_scale.copy_(feats.double().pow(2).mean().sqrt().clamp(min=1e-12).float())
+    return model
 
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -178,7 +236,7 @@ def inception_available() -> tuple[bool, str]:
 
 
 def fid_kid_is(real: torch.Tensor, fake: torch.Tensor, features="auto", tag: str | None = None,
-               kid_subset: int = 100) -> dict:
+               kid_subset: int = 100, device="cpu") -> dict:
     """IS, FID and KID x100 of ``fake`` against ``real`` (float, [-1, 1]).
 
     ``features``: an ``nn.Module`` with ``features``/``head`` (a ``DigitClassifier``; ``tag`` names it in the keys,
@@ -200,7 +258,7 @@ def fid_kid_is(real: torch.Tensor, fake: torch.Tensor, features="auto", tag: str
         raise ValueError(f"features must be a DigitClassifier, 'inception' or 'auto', got {type(features).__name__}")
     if tag is None:
         raise ValueError("tag: name the feature extractor's data set, e.g. tag='mnist' -> FID[clf-mnist]")
-    return quality_metrics(real, fake, features, tag, kid_subset=kid_subset)
+    return quality_metrics(real, fake, features, tag, kid_subset=kid_subset, device=device)
 
 
 def _inception_metrics(real, fake, kid_subset):

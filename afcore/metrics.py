@@ -1,9 +1,14 @@
-"""Image-quality and equivariance metrics: PSNR, SPSNR, EQ-T, EQ-T_frac, EQ-R.
+"""Image-quality and equivariance metrics: PSNR, SPSNR, EQ-T, EQ-T_frac, EQ-R, and mean +- standard error.
 
-Taught by notebook 03_equivariance. Conventions (state them with every table):
-- images live in [-1, 1], so PSNR's peak is 2 (``peak=2.0``, StyleGAN3's convention);
-- masked PSNR pools the squared error over every masked pixel of the whole batch: MSE = sum(mask * err^2) /
-  sum(mask) (the mask broadcast over batch and channels), PSNR = 20 log10(peak) - 10 log10(MSE);
+Taught by notebook 03_equivariance; the conventions are written out in docs/conventions.md. In short:
+- images live in [-1, 1], so PSNR's peak is 2 (``peak=2.0``, StyleGAN3's convention); latents have no fixed range,
+  so their peak is the per-sample dynamic range (max - min) of the target inside the mask (``peak="range"``,
+  AF-LDM's convention);
+- masked PSNR: MSE = sum(mask * err^2) / sum(mask) (the mask broadcast over batch and channels), PSNR =
+  20 log10(peak) - 10 log10(MSE); pooled over the whole batch by default, or one value per sample
+  (``per_sample=True``);
+- reported SPSNR values are per-sample PSNRs averaged in dB over samples and shifts, given as mean +- standard error
+  (``mean_sem``); EQ-T / EQ-T_frac / EQ-R pool the error over shifts, as StyleGAN3 does;
 - shifts are (dy, dx) pixels, positive toward larger indices; cropped shifts zero-fill and mask the border.
 """
 from __future__ import annotations
@@ -33,21 +38,52 @@ def mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, per_
     return (err * m).sum() / total
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, peak: float = PEAK,
+def dynamic_range(b: torch.Tensor, mask: torch.Tensor | None = None, per_sample: bool = True) -> torch.Tensor:
+    """max - min of ``b`` inside ``mask``: one value per sample (over all but the first dim), or over the batch."""
+    m = torch.ones_like(b, dtype=torch.bool) if mask is None else mask.expand_as(b) > 0
+    hi = torch.where(m, b, torch.full_like(b, -math.inf)).to(torch.float64)
+    lo = torch.where(m, b, torch.full_like(b, math.inf)).to(torch.float64)
+    if per_sample:
+        dims = tuple(range(1, b.ndim))
+        return hi.amax(dims) - lo.amin(dims)
+    return hi.max() - lo.min()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, peak: float | str = PEAK,
          per_sample: bool = False) -> torch.Tensor:
-    """PSNR in dB: 20 log10(peak) - 10 log10(MSE), MSE pooled over the mask (DESIGN.md)."""
+    """PSNR in dB: 20 log10(peak) - 10 log10(MSE), MSE pooled over the mask (or per sample).
+
+    ``peak``: a number (2 for images in [-1, 1]) or ``"range"``: the dynamic range (max - min) of the target ``b``
+    inside the mask, per sample when ``per_sample`` (else over the batch) -- the convention for latents.
+    """
+    if isinstance(peak, str):
+        if peak != "range":
+            raise ValueError(f"peak must be a positive number or 'range', got {peak!r}")
+        p = dynamic_range(b, mask, per_sample).clamp(min=1e-12)
+        return 20 * torch.log10(p) - 10 * torch.log10(mse(a, b, mask, per_sample).clamp(min=1e-20))
     if peak <= 0:
         raise ValueError(f"peak must be > 0, got {peak!r}")
     return 20 * math.log10(peak) - 10 * torch.log10(mse(a, b, mask, per_sample).clamp(min=1e-20))
 
 
-def spsnr(f: Callable, x: torch.Tensor, shift, scale: float = 1.0, peak: float = PEAK,
-          mode: str = "crop", fx: torch.Tensor | None = None) -> torch.Tensor:
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n); 0 for a single value)."""
+    v = torch.as_tensor([float(x) for x in (values.flatten().tolist() if isinstance(values, torch.Tensor)
+                                            else values)], dtype=torch.float64)
+    if v.numel() == 0:
+        raise ValueError("mean_sem: no values")
+    sem = float(v.std(unbiased=True) / math.sqrt(v.numel())) if v.numel() > 1 else 0.0
+    return float(v.mean()), sem
+
+
+def spsnr(f: Callable, x: torch.Tensor, shift, scale: float = 1.0, peak: float | str = PEAK,
+          mode: str = "crop", fx: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
     """Shift PSNR (AF-LDM): PSNR( f(T_d x), T_{s d} f(x) ) over the valid region of both shifts.
 
     ``scale`` is f's output/input size ratio (VAE encoder 1/8, decoder 8, U-Net 1). ``mode="crop"`` (default)
     zero-fills and masks the border on both sides; ``mode="circular"`` uses circular Fourier shifts and no mask
-    (for circularly padded or FFT-based models). Pass ``fx`` to reuse f(x).
+    (for circularly padded or FFT-based models). Pass ``fx`` to reuse f(x). ``peak`` and ``per_sample`` as in
+    ``psnr`` (``peak="range"`` for latents; ``per_sample=True`` returns one value per sample, the reported form).
     """
     d = signal._check_shift(shift)
     shifted_in, _ = signal.shift(x, d, mode=mode)
@@ -58,7 +94,7 @@ def spsnr(f: Callable, x: torch.Tensor, shift, scale: float = 1.0, peak: float =
     if mode == "crop":
         # the input's invalid border maps to a scaled border in the output
         mask = mask * signal.valid_mask(fx.shape[-2:], ds, fx.device).to(mask.dtype)
-    return psnr(out_shifted * mask, target, mask, peak)
+    return psnr(out_shifted * mask, target, mask, peak, per_sample)
 
 
 def _random_shift(size, fraction: float, generator: torch.Generator | None, integer: bool):

@@ -1,4 +1,4 @@
-"""Run one notebook as a pipeline stage: the DESIGN.md recipe with parameter checks and an atomic output.
+"""Run one notebook as a pipeline stage: jupytext piped into papermill, with parameter checks and an atomic output.
 
     python -m afcore.run notebooks/01_filters.py --params base,filters
 

@@ -2,7 +2,7 @@
 
 Taught by notebooks 00_sampling_and_aliasing, 01_filters, 02_resampling_and_nonlinearity and 03_equivariance.
 
-Conventions (DESIGN.md): images and features are ``(..., H, W)`` tensors; shifts are ``(dy, dx)`` in pixels and a
+Conventions: images and features are ``(..., H, W)`` tensors; shifts are ``(dy, dx)`` in pixels and a
 positive shift moves content toward larger indices (``scipy.ndimage.shift``); frequencies are in cycles per sample
 (Nyquist = 0.5) unless a function says otherwise. Every fast path keeps a plain, readable ``impl="ref"`` path that
 the tests compare against.
@@ -132,8 +132,13 @@ def shift(x: torch.Tensor, shift, mode: str = "circular", impl: str = "fast"):
     return out * mask, mask
 
 
-def lanczos_shift(x: torch.Tensor, shift, a: int = 3) -> torch.Tensor:
-    """Circular shift by Lanczos-a interpolation (StyleGAN3's EQ-T_frac reference uses a=3)."""
+def lanczos_shift(x: torch.Tensor, shift, a: int = 3, normalize: bool = True) -> torch.Tensor:
+    """Circular shift by Lanczos-a interpolation (StyleGAN3's EQ-T_frac target uses a=3).
+
+    ``normalize=True`` (StyleGAN3's definition) divides the 2a taps of each fractional phase by their sum, so the
+    interpolator has unit DC gain and a constant image shifts to itself; the raw windowed-sinc taps sum to less than
+    one between samples (0.994 at a half-pixel shift for a=3), which biases the target and caps the metric.
+    """
     x = _check_image(x)
     dy, dx = _check_shift(shift)
     if not isinstance(a, int) or a < 1:
@@ -142,11 +147,14 @@ def lanczos_shift(x: torch.Tensor, shift, a: int = 3) -> torch.Tensor:
     for dim, d in ((-2, dy), (-1, dx)):
         base = math.floor(d)
         frac = d - base
-        acc = torch.zeros_like(out)
         # out[i] = sum_m x[m] L(i - d - m), m = i - base - j for j in (-a, a]
-        for j in range(-a + 1, a + 1):
-            t = j - frac
-            weight = float(np.sinc(t) * np.sinc(t / a)) if abs(t) < a else 0.0
+        taps = {j: float(np.sinc(j - frac) * np.sinc((j - frac) / a)) if abs(j - frac) < a else 0.0
+                for j in range(-a + 1, a + 1)}
+        if normalize:
+            total = sum(taps.values())
+            taps = {j: w / total for j, w in taps.items()}
+        acc = torch.zeros_like(out)
+        for j, weight in taps.items():
             acc = acc + weight * torch.roll(out, shifts=base + j, dims=dim)
         out = acc
     return out

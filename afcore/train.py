@@ -82,18 +82,33 @@ def train_loop(
     log_csv: str | Path | None = None,
     desc: str = "train",
     stop_after: int | None = None,
+    amp: bool = False,
+    compile: bool = False,
 ):
     """Train ``model`` for ``steps`` optimizer steps; returns ``(model, ema_model_or_None, history)``.
 
     ``loss_fn(model, batch, step) -> (loss, logs: dict of floats)``. Checkpoints go to ``ckpt_dir/last.pt`` every
     ``ckpt_every`` steps and at the end; with ``resume`` a run continues from there. ``stop_after`` ends the run
     early at that step (tests use it to simulate an interruption).
+
+    ``device``: 'cpu', 'cuda' or 'cuda:N' (resolve 'auto' with ``afcore.utils.pick_device`` first). ``amp``: the
+    forward pass and loss run under bf16 autocast (weights, optimizer and EMA stay fp32). ``compile``: the forward
+    pass goes through ``torch.compile`` (the first steps pay the compilation; checkpoints hold the plain module's
+    weights either way). ``afcore.bench_train`` measures both.
     """
     from accelerate import Accelerator
 
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
-    accelerator = Accelerator(cpu=not str(device).startswith("cuda"))
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} but torch sees no CUDA device; use 'cpu'")
+        if device.index is not None and "LOCAL_RANK" not in os.environ:
+            torch.cuda.set_device(device.index)  # accelerate takes the current CUDA device in a single process
+    elif device.type != "cpu":
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
+    accelerator = Accelerator(cpu=device.type == "cpu")
     ckpt_dir = Path(ckpt_dir)
     ckpt_path = ckpt_dir / "last.pt"
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -110,6 +125,8 @@ def train_loop(
     model, optimizer = accelerator.prepare(model, optimizer)
     if ema is not None:
         ema.model.to(accelerator.device)
+    forward_model = torch.compile(model) if compile else model  # shares parameters with ``model``
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bool(amp))
 
     def checkpoint(step):
         accelerator.wait_for_everyone()
@@ -131,7 +148,9 @@ def train_loop(
         t0 = time.perf_counter()
         batch = _slice_batch(get_batch(step), accelerator.process_index, accelerator.num_processes)
         batch = _to_device(batch, accelerator.device)
-        loss, logs = loss_fn(model, batch, step)
+        with autocast:
+            loss, logs = loss_fn(forward_model, batch, step)
+        loss = loss.float()
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if grad_clip:
@@ -151,6 +170,26 @@ def train_loop(
         save_csv(history, log_csv)
     model = accelerator.unwrap_model(model).eval()
     return model, (ema.model if ema is not None else None), history
+
+
+def batch_sampler(*tensors: torch.Tensor, batch_size: int, seed: int, device="cpu") -> Callable[[int], tuple]:
+    """``get_batch(step)`` for ``train_loop``: a random batch (with replacement) from tensors moved to ``device``
+    once; the indices come from a generator on ``device`` seeded by ``(seed, step)``, so a resumed run sees the same
+    batches and nothing is drawn on the CPU and copied each step. Returns ``(*batch_tensors, batch_seed)``."""
+    from afcore.utils import make_generator
+
+    device = torch.device(device)
+    if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+        raise ValueError("batch_sampler needs one or more tensors of equal length")
+    on_device = [t.to(device) for t in tensors]
+    n = len(on_device[0])
+
+    def get_batch(step: int):
+        batch_seed = seed * 100003 + step
+        idx = torch.randint(0, n, (batch_size,), generator=make_generator(batch_seed, device), device=device)
+        return (*(t[idx] for t in on_device), batch_seed)
+
+    return get_batch
 
 
 def _to_device(batch, device):

@@ -96,11 +96,83 @@ def test_classifier_save_load_roundtrip_and_accuracy(tmp_path):
         ev.load_classifier(tmp_path / "missing.pt")
 
 
-def test_calibrated_random_features_are_standardised():
+def test_calibrated_features_have_unit_rms_with_one_scale_for_all_dimensions():
     x = _images(300, 9, channels=3)
     feats = ev.random_features(3, seed=0, calibrate=x)
     with torch.no_grad():
         f = feats.features(x)
-    assert f.mean(0).abs().max() < 1e-3
-    assert torch.allclose(f.var(0, unbiased=False), torch.ones(64), atol=1e-2)
+        raw = feats.body(x)
+    assert float(f.pow(2).mean()) == pytest.approx(1.0, rel=1e-4)
+    # one scalar for every dimension: the ratio raw / scaled is the same everywhere (geometry kept)
+    torch.testing.assert_close(raw, f * feats.feature_scale, rtol=1e-5, atol=1e-6)
     assert not any(p.requires_grad for p in feats.parameters())
+
+
+def _tm_features(d):
+    class Identity(torch.nn.Module):
+        num_features = d
+
+        def forward(self, x):
+            return x.flatten(1).double()
+    return Identity()
+
+
+def test_fid_equals_torchmetrics_on_identical_features():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 16, generator=g, dtype=torch.float64)
+    b = torch.randn(250, 16, generator=g, dtype=torch.float64) * 1.3 + 0.4
+    tm = FrechetInceptionDistance(feature=_tm_features(16), input_img_size=(16,)).set_dtype(torch.float64)
+    tm.update(a, real=True)
+    tm.update(b, real=False)
+    assert ev.frechet_distance(a, b) == pytest.approx(float(tm.compute()), rel=1e-6)
+
+
+def test_kid_on_the_full_set_equals_torchmetrics_and_a_hand_computed_unbiased_mmd():
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(12, 5, generator=g, dtype=torch.float64) + 0.5
+    # by hand: unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, off-diagonal means for the within-set terms
+    k = lambda x, y: (float(x @ y) / 5 + 1) ** 3  # noqa: E731
+    n = 12
+    kxx = sum(k(a[i], a[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    kyy = sum(k(b[i], b[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    kxy = sum(k(a[i], b[j]) for i in range(n) for j in range(n)) / (n * n)
+    mean, std = ev.kernel_inception_distance(a, b, subset_size=n, subsets=3)
+    assert mean == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-9)
+    assert std == pytest.approx(0.0, abs=1e-12)  # every subset is the whole set
+    tm = KernelInceptionDistance(feature=_tm_features(5), subset_size=n, subsets=3)
+    tm.update(a, real=True)
+    tm.update(b, real=False)
+    assert mean == pytest.approx(float(tm.compute()[0]), rel=1e-6)
+
+
+def test_inception_score_equals_torchmetrics_on_identical_logits():
+    from torchmetrics.image.inception import InceptionScore
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    logits = torch.randn(200, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    tm = InceptionScore(feature=Identity(), splits=1)
+    tm.update(logits)
+    assert ev.inception_score(logits) == pytest.approx(float(tm.compute()[0]), rel=1e-6)
+
+
+def test_an_unrecognisable_fake_set_gives_fid_and_kid_of_the_usual_magnitude():
+    """Constructed images against noise (what an untrained model samples): FID large but in the usual
+    tens-to-hundreds range, not the thousands that per-dimension standardisation produced, and it ranks a mild
+    shift below pure noise."""
+    real = _images(300, 10)
+    feats = ev.random_features(1, seed=0, calibrate=real)
+    noise = torch.randn(300, 1, 32, 32, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    out = ev.fid_kid_is(real, noise, feats, tag="t")
+    mild = ev.fid_kid_is(real, _images(300, 11, shift=0.1), feats, tag="t")
+    assert 1.0 < out["FID[rand-t]"] < 500
+    assert 0.0 < mild["FID[rand-t]"] < out["FID[rand-t]"]
+    assert 0.0 < mild["KIDx100[rand-t]"] < out["KIDx100[rand-t]"]
+    assert out["KIDx100_std[rand-t]"] > 0

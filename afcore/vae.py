@@ -34,13 +34,13 @@ from torch import nn
 from afcore import layers, metrics, signal
 
 
-def small_vae(channels=(32, 64, 64), latent_channels: int = 4, groups: int = 8):
+def small_vae(channels=(32, 64, 64), latent_channels: int = 4, groups: int = 8, layers_per_block: int = 1):
     """A small AutoencoderKL: len(channels) levels, down-sampling factor 2**(len(channels) - 1)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(channels),
                          up_block_types=("UpDecoderBlock2D",) * len(channels), block_out_channels=tuple(channels),
-                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=groups)
+                         layers_per_block=layers_per_block, latent_channels=latent_channels, norm_num_groups=groups)
 
 
 def factor(vae) -> int:
@@ -220,11 +220,12 @@ class PerceptualFeatures(nn.Module):
         super().__init__()
         strides = [1] + [2] * (len(channels) - 1)
         convs, c_in = [], 3
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)  # built on the CPU, moved with the module
         for c, s in zip(channels, strides):
             conv = nn.Conv2d(c_in, c, 3, stride=s, padding=1)
             with torch.no_grad():
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * math.sqrt(2.0 / (c_in * 9)))
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, device="cpu")
+                                  * math.sqrt(2.0 / (c_in * 9)))
                 conv.bias.zero_()
             convs.append(conv)
             c_in = c

@@ -1,15 +1,21 @@
-"""Latent diffusion for AF-LDM (taught in notebooks/30_af_ldm.py).
+"""Latent diffusion for AF-LDM (taught in notebooks/30_af_ldm.py; equations in docs/af-ldm.md).
 
 - ``latent_unet``: an unconditional diffusers ``UNet2DModel`` for VAE latents (attention at the low resolution and in
   the mid block, so that equivariant attention matters), made alias-free with ``afcore.surgery.make_alias_free``.
-- ``ldm_loss``: epsilon loss + the U-Net equivariance loss (REFERENCE.md "Equivariance loss (U-Net)"): same
-  timestep for both passes; the noisy latent is shifted circularly by a multiple of 1/8 latent pixel
-  (|d| <= 0.375 of the size); the shifted pass uses equivariant attention whose keys/values come from the unshifted
-  pass; the squared error is averaged over the valid mask only; stop-gradient on the target (option).
+- ``make_scheduler``: AF-LDM's noise schedule by default (scaled-linear betas 0.0015..0.0195, T = 1000,
+  steps_offset 1, the latent-diffusion schedule its scheduler config uses); Stable Diffusion's 0.00085..0.012 is the
+  option ``schedule="sd"``.
+- ``ldm_loss``: epsilon loss + the U-Net equivariance loss: same timestep for both passes; the noisy latent is
+  shifted circularly by a multiple of 1/8 latent pixel (|d| <= 0.375 of the size); the shifted pass uses equivariant
+  attention whose keys/values come from the unshifted pass; the squared error is averaged over the valid mask only.
+  Stop-gradient (``stop_grad``): "none" (the reference's default: gradients through both passes), "shifted" (the
+  reference's ``use_stop_grad``: the shifted prediction f(T x) is detached, the loss trains through T f(x)) or
+  "target" (T f(x) and the attention's stored keys/values detached, the usual consistency-loss side).
 - ``sample`` / ``shift_consistency``: DDIM sampling, optionally anchored on a reference run with cross-frame
-  attention (CFA), and the latent / image SPSNR of AF-LDM's Table 3 and Figures 5-6.
+  attention (CFA), and the per-sample latent / image SPSNR of AF-LDM's Table 3 and Figures 5-6.
 
 Latents are scaled to unit standard deviation (``latent_scale``, SD's 0.18215 plays that role) before diffusion.
+Everything random is drawn from a ``torch.Generator`` on the tensors' device.
 """
 from __future__ import annotations
 
@@ -19,44 +25,62 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from afcore import metrics
 from afcore.attention import EquivariantAttention
 from afcore.signal import fourier_shift, valid_mask
 
 __all__ = ["sample_latent_shift", "equivariance_loss", "latent_unet", "make_scheduler", "encode_latents",
-           "ldm_loss", "sample", "shift_consistency", "latent_psnr", "image_psnr"]
+           "ldm_loss", "sample", "shift_consistency", "SCHEDULES", "STOP_GRADS"]
+
+STOP_GRADS = ("none", "shifted", "target")
+# (beta_start, beta_end) of the scaled-linear schedules, T = 1000, steps_offset 1
+SCHEDULES = {"af-ldm": (0.0015, 0.0195), "sd": (0.00085, 0.012)}
 
 
 def sample_latent_shift(size, generator=None, max_frac: float = 0.375, step: float = 1 / 8):
-    """Random (dy, dx) in latent pixels: multiples of ``step`` with |d| <= max_frac * size."""
+    """Random (dy, dx) in latent pixels: multiples of ``step`` with |d| <= max_frac * size (drawn on the
+    generator's device)."""
     if not 0 <= max_frac < 1:
         raise ValueError(f"max_frac must be in [0, 1), got {max_frac}")
+    device = generator.device if generator is not None else None
     out = []
     for n in size:
         k = int(max_frac * n / step)
-        out.append(step * int(torch.randint(-k, k + 1, (1,), generator=generator)))
+        out.append(step * int(torch.randint(-k, k + 1, (1,), generator=generator, device=device)))
     return tuple(out)
 
 
+def _check_stop_grad(stop_grad):
+    if stop_grad not in STOP_GRADS:
+        raise ValueError(f"stop_grad (ldm_stop_grad) must be one of {list(STOP_GRADS)}, got {stop_grad!r}")
+
+
 def _masked_shift_error(out, ref, d, stop_grad):
-    target = fourier_shift(ref.detach() if stop_grad else ref, d)
+    """Masked MSE of the shifted pass ``out`` = f(T_d x) against T_d ``ref`` (ref = f(x)), with the stop-gradient
+    on the side ``stop_grad`` names."""
+    _check_stop_grad(stop_grad)
+    target = fourier_shift(ref.detach() if stop_grad == "target" else ref, d)
+    out = out.detach() if stop_grad == "shifted" else out
     mask = valid_mask(out.shape[-2:], d, device=out.device).to(out.dtype)
     err = (out - target) ** 2 * mask
     return err.sum() / (mask.sum() * out.shape[0] * out.shape[1]).clamp_min(1), mask
 
 
-def equivariance_loss(unet, x_t, t, d, stop_grad: bool = True, cfa: bool = True):
+def equivariance_loss(unet, x_t, t, d, stop_grad: str = "none", cfa: bool = True):
     """Masked MSE between unet(T_d x_t) and T_d unet(x_t); returns (loss, mask).
 
     ``unet(x, t)`` must return an object with ``.sample`` (diffusers). ``cfa=True`` anchors the
-    shifted pass's attention on the unshifted pass (cross-frame attention).
+    shifted pass's attention on the unshifted pass (cross-frame attention). ``stop_grad``: see the module doc.
     """
+    _check_stop_grad(stop_grad)
     ref, out = _paired_passes(unet, x_t, t, d, cfa, stop_grad)
     return _masked_shift_error(out, ref, d, stop_grad)
 
 
 def _paired_passes(unet, x_t, t, d, cfa, stop_grad):
-    """unet(x_t) and unet(T_d x_t) at the same timestep; with ``cfa`` the second anchored on the first."""
-    with EquivariantAttention(unet, detach=stop_grad) as eq:
+    """unet(x_t) and unet(T_d x_t) at the same timestep; with ``cfa`` the second anchored on the first (its stored
+    keys/values detached only when the target side is stopped)."""
+    with EquivariantAttention(unet, detach=stop_grad == "target") as eq:
         eq.record() if cfa else eq.off()
         ref = unet(x_t, t).sample
         if cfa:
@@ -79,12 +103,20 @@ def latent_unet(channels=(32, 64), latent_channels: int = 4, sample_size: int = 
                        norm_num_groups=groups, attention_head_dim=min(head_dim, min(channels[1:])))
 
 
-def make_scheduler(kind: str = "ddim", num_train_timesteps: int = 1000):
-    """LDM's schedule (scaled-linear betas 0.00085..0.012, T=1000), no x0 clipping (latents are not in [-1, 1])."""
+def make_scheduler(kind: str = "ddim", num_train_timesteps: int = 1000, schedule: str = "af-ldm"):
+    """DDIM or DDPM scheduler with a scaled-linear beta schedule, steps_offset 1, no x0 clipping (latents are not
+    in [-1, 1]).
+
+    ``schedule="af-ldm"`` (default): betas 0.0015..0.0195, AF-LDM's scheduler config (the latent-diffusion
+    schedule of its FFHQ model); ``"sd"``: Stable Diffusion's 0.00085..0.012 (less noise at every step).
+    """
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    kwargs = dict(num_train_timesteps=num_train_timesteps, beta_start=0.00085, beta_end=0.012,
-                  beta_schedule="scaled_linear", clip_sample=False)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule (ldm_schedule) must be one of {list(SCHEDULES)}, got {schedule!r}")
+    beta_start, beta_end = SCHEDULES[schedule]
+    kwargs = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                  beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
     if kind == "ddim":
         return DDIMScheduler(**kwargs, set_alpha_to_one=False)
     if kind == "ddpm":
@@ -100,13 +132,15 @@ def encode_latents(vae, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
 
 
 def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float = 0.0, cfa: bool = True,
-             stop_grad: bool = True, max_frac: float = 0.375):
+             stop_grad: str = "none", max_frac: float = 0.375):
     """Epsilon MSE + eq_weight * U-Net equivariance loss; returns (loss, logs).
 
-    The unshifted pass is shared by both terms (it is the CFA reference when ``cfa``); one shift per batch.
+    ``generator`` lives on z0's device and draws the timesteps, the noise and the shift, in that order. The
+    unshifted pass is shared by both terms (it is the CFA reference when ``cfa``); one shift per batch.
     """
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator).to(z0.device)
-    noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+    _check_stop_grad(stop_grad)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator, device=z0.device)
+    noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
     x_t = scheduler.add_noise(z0, noise, t)
     if eq_weight <= 0:
         diffusion = F.mse_loss(unet(x_t, t).sample, noise)
@@ -119,44 +153,32 @@ def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float =
 
 
 @torch.no_grad()
-def sample(unet, z_T: torch.Tensor, steps: int = 20, trajectory: bool = False, progress: bool = False):
-    """Deterministic DDIM (eta 0) from ``z_T``; with ``trajectory`` also the list of x_t after every step."""
-    scheduler = make_scheduler("ddim")
-    scheduler.set_timesteps(steps)
+def sample(unet, z_T: torch.Tensor, steps: int = 20, trajectory: bool = False, progress: bool = False,
+           schedule: str = "af-ldm"):
+    """Deterministic DDIM (eta 0) from ``z_T`` with the training ``schedule``; with ``trajectory`` also the list of
+    x_t after every step."""
+    scheduler = make_scheduler("ddim", schedule=schedule)
+    scheduler.set_timesteps(steps, device=z_T.device)
     x, traj = z_T, []
     for t in tqdm(scheduler.timesteps, disable=not progress, desc="DDIM", leave=False):
-        eps = unet(x, torch.full((x.shape[0],), int(t), device=x.device)).sample
+        eps = unet(x, t.expand(x.shape[0])).sample
         x = scheduler.step(eps, t, x, eta=0.0).prev_sample
         if trajectory:
             traj.append(x)
     return (x, traj) if trajectory else x
 
 
-def latent_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sample PSNR inside ``mask`` with AF-LDM's latent peak: the per-sample dynamic range (max - min) of ``b``."""
-    m = mask.expand_as(a).to(a.dtype)
-    mse = ((a - b) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
-    peak = b.flatten(1).amax(1) - b.flatten(1).amin(1)
-    return 20 * torch.log10(peak) - 10 * torch.log10(mse.clamp_min(1e-20))
-
-
-def image_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, peak: float = 2.0) -> torch.Tensor:
-    """Per-sample PSNR inside ``mask`` with a fixed peak (2 for images in [-1, 1])."""
-    m = mask.expand_as(a).to(a.dtype)
-    mse = ((a - b) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
-    return 20 * torch.log10(torch.tensor(peak)) - 10 * torch.log10(mse.clamp_min(1e-20))
-
-
 @torch.no_grad()
 def shift_consistency(unet, z_T: torch.Tensor, shifts, steps: int = 20, cfa: bool = True, decode=None,
-                      factor: int = 8) -> dict:
+                      factor: int = 8, schedule: str = "af-ldm") -> dict:
     """Sample from z_T and from T_d z_T for every d in ``shifts`` (circular Fourier shifts in latent pixels).
 
     With ``cfa`` each shifted run's attention takes keys/values from the one unshifted run, layer by layer and step by
-    step. Returns tensors indexed [shift, sample]: ``latent`` (SPSNR of T_d z_0 vs z_0' on the shift's valid mask,
-    peak = per-sample dynamic range) and ``per_step`` [shift, step, sample] (the same after every DDIM step); with
-    ``decode`` also ``image`` (decoded outputs, image shift factor * d, peak 2), ``reference`` (decoded unshifted
-    run) and ``frames`` [shift, sample, C, H, W] (decoded shifted runs).
+    step. Returns tensors indexed [shift, sample]: ``latent`` (per-sample PSNR of the shifted run's z_0 against T_d
+    of the unshifted run's z_0 on the shift's non-wrapped region, peak = the target's per-sample dynamic range there)
+    and ``per_step`` [shift, step, sample] (the same after every DDIM step); with ``decode`` also ``image`` (decoded
+    outputs, image shift factor * d, peak 2), ``reference`` (decoded unshifted run) and ``frames`` [shift, sample,
+    C, H, W] (decoded shifted runs).
     """
     if not len(shifts):
         raise ValueError("shifts must list at least one (dy, dx)")
@@ -165,21 +187,22 @@ def shift_consistency(unet, z_T: torch.Tensor, shifts, steps: int = 20, cfa: boo
     with context as eq:
         if cfa:
             eq.record()
-        ref, ref_traj = sample(unet, z_T, steps, trajectory=True)
+        ref, ref_traj = sample(unet, z_T, steps, trajectory=True, schedule=schedule)
         image_ref = decode(ref) if decode is not None else None
         for d in shifts:
             if cfa:
                 eq.use()
-            out, out_traj = sample(unet, fourier_shift(z_T, d), steps, trajectory=True)
+            out, out_traj = sample(unet, fourier_shift(z_T, d), steps, trajectory=True, schedule=schedule)
             mask = valid_mask(z_T.shape[-2:], d, device=z_T.device)
-            latent.append(latent_psnr(out, fourier_shift(ref, d), mask))
-            per_step.append(torch.stack([latent_psnr(o, fourier_shift(r, d), mask)
+            latent.append(metrics.psnr(out, fourier_shift(ref, d), mask, peak="range", per_sample=True))
+            per_step.append(torch.stack([metrics.psnr(o, fourier_shift(r, d), mask, peak="range", per_sample=True)
                                          for r, o in zip(ref_traj, out_traj)]))
             if decode is not None:
                 image_out = decode(out)
                 di = (d[0] * factor, d[1] * factor)
                 image_mask = valid_mask(image_ref.shape[-2:], di, device=z_T.device)
-                image.append(image_psnr(image_out, fourier_shift(image_ref, di), image_mask))
+                image.append(metrics.psnr(image_out, fourier_shift(image_ref, di), image_mask, peak=2.0,
+                                          per_sample=True))
                 frames.append(image_out)
     result = {"latent": torch.stack(latent), "per_step": torch.stack(per_step)}
     if decode is not None:

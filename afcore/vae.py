@@ -1,11 +1,16 @@
 """AF-VAE: a small diffusers AutoencoderKL, its training loss with the AF-LDM equivariance terms, and its SPSNRs.
 
-Taught by notebook 20_af_vae. Notation (REFERENCE.md): the encoder rescales by s = 1/f, the decoder by f, where f
-is the VAE's down-sampling factor (8 for SD's VAE, 4 for our small cpu one).
+Taught by notebook 20_af_vae; the equations are written out in docs/af-ldm.md. The encoder rescales by s = 1/f, the
+decoder by f, where f is the VAE's down-sampling factor (8 for SD's VAE, 4 for our small cpu one).
 
-- Encoder equivariance term: E(T_d x) vs T_{d/f} sg(E(x)), with one integer image shift d per batch drawn from
-  U{-0.375 H .. 0.375 H} per axis, the latent target shifted by d/f with a cropped Fourier shift (the "ideal crop").
-- Decoder term: D(T_{d/f} z) vs T_d sg(D(z)).
+Defaults follow the AF-LDM reference trainer (its VAE trainer; differences are options, each with its reason):
+- the latent z fed to the decoder is a posterior *sample* (``posterior="sample"``; ``"mean"`` uses the means);
+- the KL is summed over the latent and divided by the batch size (``kl_norm="batch"``; ``"pixel"`` also divides by
+  the image's element count, which makes its effective weight H*W*3 times smaller);
+- encoder equivariance term: E(T_d x) vs T_{d/f} sg(z), with one integer image shift d per batch drawn from
+  U{-0.375 H .. 0.375 H} per axis, the latent target shifted by d/f with a cropped Fourier shift (the "ideal crop");
+- decoder equivariance term: D(T_{d/f} sg(z)) vs T_d sg(D(z)): the shifted latent is detached, so this term trains
+  the decoder only, and the encoder term trains the encoder only.
 Both are means over the valid (cropped) masks; sg = stop-gradient.
 
 Training pieces of the reference loss (mse + enc + dec + LPIPS + 1e-6 KL + adaptive hinge GAN):
@@ -29,13 +34,13 @@ from torch import nn
 from afcore import layers, metrics, signal
 
 
-def small_vae(channels=(32, 64, 64), latent_channels: int = 4, groups: int = 8):
+def small_vae(channels=(32, 64, 64), latent_channels: int = 4, groups: int = 8, layers_per_block: int = 1):
     """A small AutoencoderKL: len(channels) levels, down-sampling factor 2**(len(channels) - 1)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(channels),
                          up_block_types=("UpDecoderBlock2D",) * len(channels), block_out_channels=tuple(channels),
-                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=groups)
+                         layers_per_block=layers_per_block, latent_channels=latent_channels, norm_num_groups=groups)
 
 
 def factor(vae) -> int:
@@ -50,10 +55,32 @@ def decode(vae, z):
     return vae.decode(z).sample
 
 
-def random_image_shift(size: int, generator: torch.Generator, max_fraction: float = 0.375) -> tuple[int, int]:
+def random_image_shift(size: int, generator: torch.Generator | None, max_fraction: float = 0.375) -> tuple[int, int]:
+    """(dy, dx) integers uniform in [-max_fraction * size, max_fraction * size], drawn on the generator's device."""
     limit = int(max_fraction * size)
-    dy, dx = torch.randint(-limit, limit + 1, (2,), generator=generator).tolist()
+    device = generator.device if generator is not None else None
+    dy, dx = torch.randint(-limit, limit + 1, (2,), generator=generator, device=device).tolist()
     return dy, dx
+
+
+POSTERIORS = ("sample", "mean")
+KL_NORMS = ("batch", "pixel")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def latent_of(posterior, mode: str = "sample", generator: torch.Generator | None = None) -> torch.Tensor:
+    """The latent the decoder sees: a posterior sample mean + std * eps (eps from ``generator``, drawn on the
+    posterior's device) or the posterior mean."""
+    _check_choice("posterior", mode, POSTERIORS)
+    if mode == "mean":
+        return posterior.mean
+    eps = torch.randn(posterior.mean.shape, generator=generator, device=posterior.mean.device,
+                      dtype=posterior.mean.dtype)
+    return posterior.mean + posterior.std * eps
 
 
 def _masked_mse(pred, target, mask):
@@ -61,17 +88,26 @@ def _masked_mse(pred, target, mask):
     return ((pred - target) ** 2 * m).sum() / m.sum().clamp(min=1)
 
 
-def equivariance_losses(vae, x, z, d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(encoder term, decoder term) for an integer image shift d and the latent z = E(x) of the batch."""
+def equivariance_losses(vae, x, z, d, recon=None, posterior: str = "mean", generator=None):
+    """(encoder term, decoder term) for an integer image shift d, the batch x and its latent z (sample or mean).
+
+    Encoder term: masked MSE of E(T_d x) against T_{d/f} sg(z); E(T_d x) is a posterior sample when
+    ``posterior="sample"`` (as the reference compares a sample with the shifted sample) or the mean.
+    Decoder term: masked MSE of D(T_{d/f} sg(z)) against T_d sg(recon), ``recon`` = D(z) (computed without gradient
+    when not given). Gradients: the encoder term reaches only the encoder's parameters (through E(T_d x)), the decoder
+    term only the decoder's (through D(T_{d/f} sg(z))); neither reaches z.
+    """
     f = factor(vae)
     dl = (d[0] / f, d[1] / f)
+    z = z.detach()
     shifted_x, _ = signal.shift(x, d, mode="crop")
-    target_z, mask_z = signal.shift(z.detach(), dl, mode="crop")
+    target_z, mask_z = signal.shift(z, dl, mode="crop")
     mask_z = mask_z * signal.valid_mask(z.shape[-2:], dl, z.device)
-    enc = _masked_mse(encode(vae, shifted_x) * mask_z, target_z, mask_z)
-    shifted_z, _ = signal.shift(z, dl, mode="crop")
+    shifted_latent = latent_of(vae.encode(shifted_x).latent_dist, posterior, generator)
+    enc = _masked_mse(shifted_latent * mask_z, target_z, mask_z)
     with torch.no_grad():
-        target_x, mask_x = signal.shift(decode(vae, z.detach()), d, mode="crop")
+        shifted_z, _ = signal.shift(z, dl, mode="crop")
+        target_x, mask_x = signal.shift(decode(vae, z) if recon is None else recon.detach(), d, mode="crop")
     dec = _masked_mse(decode(vae, shifted_z) * mask_x, target_x, mask_x)
     return enc, dec
 
@@ -94,14 +130,18 @@ def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.T
 
 def vae_loss(model, x, generator, kl_weight: float = 1e-6, eq_weight: float = 0.0, perceptual_weight: float = 0.0,
              perceptual=None, gan_weight: float = 0.0, gan_start: int = 0, step: int = 0,
-             adaptive_gan_weight: bool = True):
+             adaptive_gan_weight: bool = True, posterior: str = "sample", kl_norm: str = "batch"):
     """Reconstruction MSE + kl_weight KL + eq_weight (encoder + decoder equivariance terms)
     + perceptual_weight perceptual distance + hinge GAN (generator term with the adaptive weight, discriminator term).
 
-    ``model`` is an AutoencoderKL or a ``VAEWithDiscriminator`` (needed when ``gan_weight > 0``). The GAN terms are
-    active from ``step >= gan_start``. Without gradients (evaluation) the adaptive weight cannot be computed and
-    ``gan_weight`` is used as it is. Returns ``(loss, logs)``; logs hold "mse", "kl" (+ "eq_enc", "eq_dec", "perc",
-    "g", "d", "gan_w" for the active terms).
+    ``model`` is an AutoencoderKL or a ``VAEWithDiscriminator`` (needed when ``gan_weight > 0``). ``generator`` (on
+    x's device) draws, in this order, the posterior noise of the reconstruction pass, the image shift, and the
+    posterior noise of the shifted encoder pass. ``posterior``: "sample" (the reference) decodes a posterior sample,
+    "mean" the posterior mean (deterministic; what a pure autoencoder would do). ``kl_norm``: "batch" (the
+    reference) = KL summed over the latent, averaged over the batch; "pixel" divides that by the image's element
+    count as well. The GAN terms are active from ``step >= gan_start``. Without gradients (evaluation) the adaptive
+    weight cannot be computed and ``gan_weight`` is used as it is. Returns ``(loss, logs)``; logs hold "mse", "kl"
+    (+ "eq_enc", "eq_dec", "perc", "g", "d", "gan_w" for the active terms).
     """
     model = _unwrap(model)
     wrapped = model if isinstance(model, VAEWithDiscriminator) else None
@@ -110,16 +150,20 @@ def vae_loss(model, x, generator, kl_weight: float = 1e-6, eq_weight: float = 0.
                         ("gan_weight", gan_weight)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+    _check_choice("posterior", posterior, POSTERIORS)
+    _check_choice("kl_norm", kl_norm, KL_NORMS)
     if perceptual_weight > 0 and not isinstance(perceptual, PerceptualFeatures):
         raise ValueError(f"perceptual must be a PerceptualFeatures when perceptual_weight > 0, got {perceptual!r}")
     if gan_weight > 0 and (wrapped is None or wrapped.disc is None):
         raise ValueError("gan_weight > 0 needs a discriminator: pass model=VAEWithDiscriminator(vae, "
                          "PatchDiscriminator(...)), or set gan_weight=0")
-    posterior = vae.encode(x).latent_dist
-    z = posterior.mean
-    recon = decode(vae, posterior.sample(generator=None) if vae.training else z)
+    dist = vae.encode(x).latent_dist
+    z = latent_of(dist, posterior, generator)
+    recon = decode(vae, z)
     mse = torch.mean((recon - x) ** 2)
-    kl = posterior.kl().mean() / x[0].numel()
+    kl = dist.kl().sum() / x.shape[0]
+    if kl_norm == "pixel":
+        kl = kl / x[0].numel()
     logs = {"mse": mse.item(), "kl": kl.item()}
     nll = mse  # the reconstruction part the adaptive GAN weight balances against (VQGAN: rec + perceptual)
     if perceptual_weight > 0:
@@ -129,7 +173,7 @@ def vae_loss(model, x, generator, kl_weight: float = 1e-6, eq_weight: float = 0.
     loss = nll + kl_weight * kl
     if eq_weight > 0:
         d = random_image_shift(x.shape[-1], generator)
-        enc, dec = equivariance_losses(vae, x, z, d)
+        enc, dec = equivariance_losses(vae, x, z, d, recon=recon, posterior=posterior, generator=generator)
         loss = loss + eq_weight * (enc + dec)
         logs.update(eq_enc=enc.item(), eq_dec=dec.item())
     if gan_weight > 0 and step >= gan_start:
@@ -144,18 +188,19 @@ def vae_loss(model, x, generator, kl_weight: float = 1e-6, eq_weight: float = 0.
 
 
 @torch.no_grad()
-def enc_dec_spsnr(vae, x, shift_px: tuple[float, float]) -> tuple[float, float]:
-    """Enc SPSNR (image shift d, latent shift d/f) and Dec SPSNR (latent shift d/f, image shift d), cropped, peak 2.
+def enc_dec_spsnr(vae, x, shift_px: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample Enc SPSNR and Dec SPSNR (dB, tensors of shape (B,)) for one image shift d = ``shift_px``.
 
-    The decoder's target range is [-1, 1] (peak 2); the latent's range is not, so Enc SPSNR uses the latent's
-    dynamic range (max - min of E(x)) as its peak, AF-LDM's convention for latents.
+    Enc: image shift d, latent shift d/f, posterior means, peak = each target latent's dynamic range (max - min
+    inside the valid mask, ``peak="range"``). Dec: latent shift d/f, image shift d, peak 2 (images in [-1, 1]).
+    Both cropped (zero fill, valid mask). Average them in dB over samples and shifts.
     """
     f = factor(vae)
     z = encode(vae, x)
-    latent_peak = float(z.max() - z.min())
-    enc = metrics.spsnr(lambda t: encode(vae, t), x, shift_px, scale=1.0 / f, peak=latent_peak, fx=z)
-    dec = metrics.spsnr(lambda t: decode(vae, t), z, (shift_px[0] / f, shift_px[1] / f), scale=float(f))
-    return float(enc), float(dec)
+    enc = metrics.spsnr(lambda t: encode(vae, t), x, shift_px, scale=1.0 / f, peak="range", fx=z, per_sample=True)
+    dec = metrics.spsnr(lambda t: decode(vae, t), z, (shift_px[0] / f, shift_px[1] / f), scale=float(f),
+                        peak=2.0, per_sample=True)
+    return enc, dec
 
 
 # --- perceptual distance (offline LPIPS stand-in) -----------------------------------------------------------------
@@ -175,11 +220,12 @@ class PerceptualFeatures(nn.Module):
         super().__init__()
         strides = [1] + [2] * (len(channels) - 1)
         convs, c_in = [], 3
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)  # built on the CPU, moved with the module
         for c, s in zip(channels, strides):
             conv = nn.Conv2d(c_in, c, 3, stride=s, padding=1)
             with torch.no_grad():
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * math.sqrt(2.0 / (c_in * 9)))
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, device="cpu")
+                                  * math.sqrt(2.0 / (c_in * 9)))
                 conv.bias.zero_()
             convs.append(conv)
             c_in = c

@@ -43,7 +43,9 @@ class DigitClassifier(nn.Module):
             nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.register_buffer("feature_scale", torch.ones((), device="cpu"))
-        self.head = nn.Linear(64, n_classes)
+        # the head standardises its input (a BatchNorm without parameters) before the linear layer: it trains as
+        # well as a classifier whose features are standardised, while the features themselves stay unstandardised
+        self.head = nn.Sequential(nn.BatchNorm1d(64, affine=False), nn.Linear(64, n_classes))
 
     def features(self, x):
         return self.body(x) / self.feature_scale
@@ -202,21 +204,28 @@ def calibrate_batchnorm(model: DigitClassifier, images: torch.Tensor, batch: int
     features. Returns the model in eval mode.
     """
     model.to(images.device)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+    body_norms = [m for m in model.body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    head_norms = [m for m in model.head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def exact_statistics(norms, run):
+        for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            model.body(images[i:i + batch].float())
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        model.eval()
+        for m in norms:
+            m.train()  # only these layers collect statistics; the others are already calibrated
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                run(images[i:i + batch].float())
+        for m in norms:
             m.momentum = 0.1
-    model.eval()
+        model.eval()
+
+    exact_statistics(body_norms, model.body)
     with torch.no_grad():
         feats = torch.cat([model.body(images[i:i + batch].float()) for i in range(0, len(images), batch)])
         model.feature_scale.copy_(feats.double().pow(2).mean().sqrt().clamp(min=1e-12).float())
+    exact_statistics(head_norms, model)  # the head's standardisation sees the rescaled features
     return model
 
 

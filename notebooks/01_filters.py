@@ -49,10 +49,6 @@ def db(x):
     return 20 * np.log10(np.maximum(np.asarray(x), 1e-8))
 
 
-def stopband_attenuation(taps, start):
-    freqs, resp = signal.frequency_response(taps, response_points)
-    return float(-db(resp[freqs >= start].max()))
-
 # %% [markdown]
 # ## 1. Frequency response against the number of taps
 #
@@ -63,7 +59,7 @@ def stopband_attenuation(taps, start):
 # $1.5 f_c$ upward. All gains are relative to the filter's DC gain.
 
 # %%
-FREQS = np.linspace(0, 0.5, 2049)
+FREQS = np.linspace(0, 0.5, 4 * response_points + 1)  # evaluation grid of every 1-D response
 
 
 def gain(taps, f=FREQS):

@@ -39,6 +39,9 @@ from afcore.utils import save_csv, save_figure, save_gif, save_json, seed_everyt
 seed_everything(seed)
 torch.set_grad_enabled(False)
 FIG = "figures/03_equivariance"
+# The text states numbers measured on the cpu/gpu sizes; the smoke profile (tiny sizes) only checks that the code
+# runs, so the size-dependent thresholds below are asserted only when CLAIMS is true.
+CLAIMS = profile != "smoke"
 results = {"profile": profile, "size": size, "channels": channels,
            "conventions": "images in [-1, 1]; PSNR peak 2; masked MSE pooled over the valid region"}
 
@@ -196,7 +199,7 @@ for i in range(gif_frames):
     frames.append(((torch.cat(panel, dim=-1).permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
 save_gif([np.kron(f, np.ones((3, 3, 1))) for f in frames], f"{FIG}/texture_sticking.gif", fps=6)
 pan_shown = 2.0 * (gif_frames // 2 + 1) / gif_frames
-fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.5]})
+fig, axes = plt.subplots(1, 3, figsize=(16, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.5], "wspace": 0.45})
 vmax = float(err_maps["standard"].max())
 for ax, name in zip(axes[:2], nets):
     im = ax.imshow(err_maps[name], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
@@ -330,7 +333,7 @@ if 90.0 in angles:
     assert by[("alias-free jinc, D4 3x3", 90.0)] > 60 > 30 > by[("standard, D4 3x3", 90.0)]
 for a in odd:
     assert by[("alias-free jinc, D4 3x3", a)] > by[("standard, D4 3x3", a)] + 3
-    assert abs(by[("alias-free jinc, 1x1 (StyleGAN3-R)", a)] - by[("alias-free jinc, D4 3x3", a)]) < 5
+    assert not CLAIMS or abs(by[("alias-free jinc, 1x1 (StyleGAN3-R)", a)] - by[("alias-free jinc, D4 3x3", a)]) < 5
 eqr_table
 
 # %%

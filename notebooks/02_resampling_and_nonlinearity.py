@@ -153,11 +153,12 @@ up = {
 fig, axes = plt.subplots(2, len(up), figsize=(3.8 * len(up), 7.4), gridspec_kw={"wspace": 0.4})
 rows = []
 for j, (name, out) in enumerate(up.items()):
-    q = slice(size // 4, size // 2)
-    axes[0, j].imshow(out[q, q], cmap="gray", vmin=-1, vmax=1, interpolation="nearest",
-                      extent=[q.start, q.stop, q.stop, q.start])
+    qy, qx = slice(size // 2, 3 * size // 4), slice(0, size // 4)  # a textured quarter (helmet rim)
+    axes[0, j].imshow(out[qy, qx], cmap="gray", vmin=-1, vmax=1, interpolation="nearest",
+                      extent=[qx.start, qx.stop, qy.stop, qy.start])
     axes[0, j].set_title(f"{name} (detail)", fontsize=9)
     axes[0, j].set_xlabel("x (pixels)")
+    axes[0, j].set_ylabel("y (pixels)")
     im = axes[1, j].imshow(log_spec(out), cmap="magma", extent=SPEC_EXTENT, vmin=-3, vmax=5)
     axes[1, j].add_patch(plt.Rectangle((-0.25, -0.25), 0.5, 0.5, fill=False, color="c", ls="--"))
     axes[1, j].set_xlabel("f_x (cycles/sample)")

@@ -60,7 +60,8 @@ x_disk = signal.ideal_lowpass(x_raw, 0.9, radial=True)
 #
 # * **Integer circular shift** = `torch.roll`.
 # * **Fractional (Fourier) shift**: multiply the spectrum by the phase ramp $e^{-2\pi i (k_y d_y + k_x d_x)}$. It is
-#   exact for band-limited signals, composes ($T_a T_b = T_{a+b}$), and wraps around.
+#   exact for band-limited signals, composes ($T_a T_b = T_{a+b}$, checked below to float32 round-off), and wraps
+#   around.
 # * **Cropped shift**: the same, but pixels whose source lies outside the frame are set to zero and a *valid mask*
 #   marks the rest. Metrics compare images only inside the mask (StyleGAN3's EQ-T convention).
 
@@ -79,6 +80,7 @@ plt.show()
 results["fourier_shift_composition_error"] = float(
     (signal.fourier_shift(signal.fourier_shift(x, (0.3, 0.2)), (0.45, -0.7)) - signal.fourier_shift(x, (0.75, -0.5)))
     .abs().max())
+assert results["fourier_shift_composition_error"] < 1e-5  # float32 round-off: shifts compose on band-limited x
 
 # %% [markdown]
 # ## 2. Two networks with the same weights
@@ -167,12 +169,17 @@ results["integer_shift_spsnr_db"] = {name: {str(k): min(float(M.spsnr(net, x, (0
                                             for k in (1, 2, 4)} for name, net in nets.items()}
 print(results["mean_fractional_spsnr_db"], results["spsnr_gap_db"], results["integer_shift_spsnr_db"])
 assert results["integer_shift_spsnr_db"]["standard"]["4"] > 100 > 30 > results["integer_shift_spsnr_db"]["standard"]["1"]
-assert results["spsnr_gap_db"] > 15
+gaps = [a["spsnr_db"] - b["spsnr_db"] for a, b in zip([r for r in rows if r["model"] == "alias-free"],
+                                                      [r for r in rows if r["model"] == "standard"])]
+results["min_spsnr_gap_db"] = float(min(gaps))
+assert results["min_spsnr_gap_db"] > (20 if CLAIMS else 0)
 
 # %% [markdown]
-# **What to notice.** The standard network is exact (round-off) at a shift of 4 pixels but scores only about 20 dB at
-# 1 pixel, and not much better at 2: between multiples of its stride every shift, integer or not, breaks it. The
-# alias-free network is flat and far higher at every shift (`spsnr_gap_db`, averaged over the fractional shifts).
+# **What to notice.** The standard network is exact (round-off) at a shift of 4 pixels but scores below 30 dB at 1
+# pixel, and no better at 2 (`integer_shift_spsnr_db`): between multiples of its total stride every shift, integer or
+# not, breaks it. The alias-free network is more than 20 dB higher at every shift (`spsnr_gap_db` averages the gap
+# over the fractional shifts). Neither curve is flat: both fall as the shift grows, since a residual alias's error
+# grows with how far it moves wrongly.
 #
 # ## 4. Texture sticking, seen
 #
@@ -261,11 +268,12 @@ results["eq_metrics_adapted_from_stylegan3"] = True
 eq = {r["model"]: r for r in table}
 print(table)
 assert eq["alias-free"]["EQ-T_circular_db"] > eq["alias-free"]["EQ-T_db"] + 10
-assert eq["alias-free"]["EQ-T_db"] > eq["standard"]["EQ-T_db"]
+assert eq["standard"]["EQ-T_db"] < eq["alias-free"]["EQ-T_db"] < eq["standard"]["EQ-T_db"] + (10 if CLAIMS else 100)
 
 # %% [markdown]
-# **What to notice.** With cropped shifts the alias-free network's EQ-T is only a few dB above the standard one's; the
-# same integer shifts without a border (`EQ-T_circular_db`) score more than 10 dB higher. At this scale the border,
+# **What to notice.** With cropped shifts the alias-free network's EQ-T is less than 10 dB above the standard one's;
+# for the alias-free network the same integer shifts without a border (`EQ-T_circular_db`) score more than 10 dB
+# higher, while for the standard network they score about the same (its error is the stride, not the border). At this scale the border,
 # not aliasing, sets our EQ-T (notebook 04 measures the error against the distance from the border). StyleGAN3-T's
 # published EQ-T (about 60 dB) is for a trained generator with an exactly translated continuous input and a 10-pixel
 # margin around every feature map; it is not comparable with these numbers.

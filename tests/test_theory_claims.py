@@ -77,10 +77,11 @@ def test_03_equivariance_claims():
     m = _load("03_equivariance")
     integer = m["integer_shift_spsnr_db"]["standard"]
     assert integer["4"] > 100 > 30 > integer["1"]
-    assert m["spsnr_gap_db"] > 15
+    assert m["spsnr_gap_db"] > 15 and m["min_spsnr_gap_db"] > 20
     assert m["mean_abs_wobble"]["standard"] > 5 * m["mean_abs_wobble"]["alias-free"]
     eq = {r["model"]: r for r in m["eq_metrics"]}
     assert eq["alias-free"]["EQ-T_circular_db"] > eq["alias-free"]["EQ-T_db"] + 10  # the border dominates EQ-T
+    assert eq["standard"]["EQ-T_db"] < eq["alias-free"]["EQ-T_db"] < eq["standard"]["EQ-T_db"] + 10
     rot = {(r["model"], r["angle"]): r["psnr_db"] for r in m["rotation_psnr"]}
     assert rot[("alias-free jinc, D4 3x3", 90.0)] > 60 > 30 > rot[("standard, D4 3x3", 90.0)]
     for a in (10.0, 30.0, 45.0):
@@ -96,4 +97,11 @@ def test_04_design_claims():
     assert af[0] > 50 * af[1]
     assert m["polyphase"]["max_abs_difference"] < 1e-6
     for r in m["sinc_vs_jinc"]["rotation"]:
-        assert r["jinc_radial_db"] > r["sinc_separable_db"] + 5
+        assert r["jinc_radial_db"] > r["sinc_separable_db"] + (15 if r["angle"] >= 30 else 5)
+    cv = {r["activation"]: r for r in m["continuous_view"]}
+    assert all(r["filtered_2x_db"] > r["plain_db"] + 15 for r in cv.values())
+    assert cv["relu"]["filtered_4x_db"] > cv["relu"]["filtered_2x_db"] + 5 and cv["gelu"]["filtered_2x_db"] > 100
+    b = m["borders"]
+    assert b["kaiser"]["reach_px"] <= 12 and b["ideal"]["reach_px"] >= m["size"] // 2 - 1
+    assert b["kaiser"]["psnr_at_border_db"] < b["kaiser"]["psnr_centre_zero_db"] - 10
+    assert m["layer4_down_filter_gain_at_output_nyquist_db"] < -20

@@ -4,11 +4,12 @@
 # A digital image is a grid of samples of a continuous scene. Everything in this workbook — why diffusion U-Nets
 # "stick" textures to the pixel grid, why alias-free layers fix it — follows from one fact: **a grid with spacing
 # $T$ can only represent frequencies below the Nyquist frequency $f_N = 1/(2T)$**. A component at a higher
-# frequency does not disappear when it is sampled; it *aliases*: it shows up as a lower frequency that was never
-# there.
+# frequency does not disappear when it is sampled; it *aliases*: its samples are exactly those of a lower frequency
+# that was never there.
 #
-# This notebook shows aliasing in 1-D (sinusoids), in 2-D (a zone plate, moiré on a photograph) and at edges
-# (staircases). Change the parameters in the next cell and re-run to explore.
+# This notebook shows aliasing in 1-D (sinusoids, and how an alias moves when the signal moves), in 2-D (a zone
+# plate, moiré on a texture) and at edges (staircases). Every "what to notice" below is checked by an assertion in
+# the notebook and, from `metrics/00_sampling_and_aliasing.json`, by `tests/test_theory_claims.py`.
 
 # %% tags=["parameters"]
 profile = "cpu"
@@ -17,18 +18,18 @@ device = "cpu"
 sample_rate = 10.0
 frequencies = [2.0, 4.0, 6.0, 8.0, 12.0]
 zone_plate_size = 256
+zone_plate_max_freq = 0.35
 decimation = 4
-image = "astronaut"
+image = "brick"
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
-import skimage.data
 import skimage.color
-import skimage.transform
+import skimage.data
+import torch
 
-from afcore import signal
+from afcore import course, signal
 from afcore.utils import save_figure, save_json, seed_everything
 
 seed_everything(seed)
@@ -38,183 +39,340 @@ metrics = {"profile": profile}
 # %% [markdown]
 # ## 1. Sampling a sinusoid
 #
-# Sample $x(t) = \cos(2\pi f t)$ at rate $f_s$ (samples per unit time). Below Nyquist ($f < f_s/2$) the samples
-# determine the sinusoid. Above it, the samples are *identical* to those of a sinusoid at the alias frequency
+# Sample $x(t) = \cos(2\pi f t)$ at rate $f_s$. Below Nyquist ($f < f_s/2$) the samples determine the sinusoid.
+# Above it, the samples are *identical* to those of a sinusoid at the alias frequency
 # $$f_a = |f - k f_s|, \quad k = \operatorname{round}(f / f_s),$$
-# folded into $[0, f_s/2]$. The plot draws the continuous signal, its samples, and the alias that the samples
-# actually describe.
+# folded into $[0, f_s/2]$ (`afcore.course.fold`). The plot draws the continuous signal, its samples, and the alias
+# that the samples actually describe.
 
 # %%
-def alias_frequency(f, fs):
-    return abs(f - round(f / fs) * fs)
-
-
 t = np.linspace(0, 1, 2000)
 n = np.arange(0, 1, 1 / sample_rate)
 fig, axes = plt.subplots(len(frequencies), 1, figsize=(9, 1.7 * len(frequencies)), sharex=True)
 rows = []
 for ax, f in zip(np.atleast_1d(axes), frequencies):
-    fa = alias_frequency(f, sample_rate)
-    ax.plot(t, np.cos(2 * np.pi * f * t), lw=0.8, label=f"signal {f:g}")
-    ax.plot(t, np.cos(2 * np.pi * fa * t), "--", lw=1.2, label=f"what the samples show: {fa:g}")
+    fa = float(course.fold(f, sample_rate))
+    ax.plot(t, np.cos(2 * np.pi * f * t), lw=0.8, label=f"signal, f = {f:g}")
+    ax.plot(t, np.cos(2 * np.pi * fa * t), "--", lw=1.2, label=f"what the samples show: f = {fa:g}")
     ax.plot(n, np.cos(2 * np.pi * f * n), "ko", ms=4)
-    ax.set_ylabel(f"f={f:g}")
+    ax.set_ylabel("amplitude")
     ax.legend(loc="upper right", fontsize=7)
     # the samples of f and of its alias agree exactly: aliasing loses information irreversibly
     max_gap = float(np.abs(np.cos(2 * np.pi * f * n) - np.cos(2 * np.pi * fa * n)).max())
     rows.append({"frequency": f, "alias": fa, "aliased": bool(f > sample_rate / 2), "sample_gap": max_gap})
-axes[-1].set_xlabel(f"time (sampling rate {sample_rate:g}, Nyquist {sample_rate / 2:g})")
+np.atleast_1d(axes)[-1].set_xlabel(f"time (sampling rate {sample_rate:g}, Nyquist {sample_rate / 2:g})")
 fig.suptitle("Sinusoids above Nyquist masquerade as lower frequencies")
 save_figure(fig, f"{FIG}/sinusoid_aliasing.png")
 plt.show()
 metrics["sinusoids"] = rows
+assert all(r["sample_gap"] < 1e-9 for r in rows)
+assert all((r["alias"] == r["frequency"]) == (not r["aliased"]) for r in rows)
 
 # %% [markdown]
 # **What to notice.** For every frequency above $f_s/2$ the dashed alias passes through exactly the same black
-# samples (`sample_gap` in the metrics is zero up to rounding): from the samples alone, the two are
-# indistinguishable. A network that sees only samples cannot tell them apart either.
+# samples (`sample_gap` is below $10^{-9}$): from the samples alone the two are indistinguishable, and so they are
+# for a network that sees only samples.
 #
-# ## 2. Aliasing in 2-D: the zone plate
+# ### An alias moves at the wrong speed, in the wrong direction
 #
-# A zone plate $\cos(\pi f_{max} r^2 / R)$ has a local frequency that grows linearly with the radius, reaching
-# `max_freq` cycles/sample at the edge. Rendered with enough samples it is a clean set of rings. Sub-sample it by
-# `decimation` (keep every k-th pixel) and the outer rings, now above the new Nyquist, fold back into phantom ring
-# centres: the textbook picture of 2-D aliasing. Low-pass filtering *before* sub-sampling (here the ideal FFT
-# filter) removes what cannot be represented, leaving a blur instead of phantoms.
+# Aliases are not frozen to the grid; they move *wrongly*. Delay $\cos(2\pi f t)$ by $d$: its samples
+# $\cos(2\pi f (n - d))$ equal those of the alias delayed by $d_a = d f / f_a$, with the sign flipped when the
+# spectrum folded over (for $f$ between $f_s/2$ and $f_s$). For $f = 0.7 f_s$ the alias ($0.3 f_s$) moves
+# $0.7/0.3 = 2.33$ times as far as the content, backwards. A sub-pixel motion of the scene becomes a faster,
+# reversed motion of the aliased pattern: the crawling textures of notebook 03.
 
 # %%
-zp = signal.zone_plate(zone_plate_size, zone_plate_size, max_freq=0.5)
+f_hi, d = 0.7, 0.2  # cycles/sample (fs = 1), delay in samples
+f_lo = float(course.fold(f_hi))
+nn_ = np.arange(32)
+moved = np.cos(2 * np.pi * f_hi * (nn_ - d))
+d_alias = -d * f_hi / f_lo
+alias_moved = np.cos(2 * np.pi * f_lo * (nn_ - d_alias))
+metrics["moving_alias"] = {"frequency": f_hi, "alias": f_lo, "content_shift": d, "alias_shift": d_alias,
+                           "sample_gap": float(np.abs(moved - alias_moved).max())}
+assert metrics["moving_alias"]["sample_gap"] < 1e-9 and d_alias < -2 * d
+print(f"content moves {d:+.2f} samples, its alias moves {d_alias:+.3f} samples")
+
+# %% [markdown]
+# ## 2. Aliasing in 2-D: the zone plate
+#
+# A zone plate $\cos(\pi f_{max} r^2 / R)$ has a local frequency $f_{max} r / R$ that grows linearly with the
+# radius. We take $f_{max}$ = `zone_plate_max_freq` so that even the corners ($r = \sqrt 2 R$) stay below the
+# full-rate Nyquist frequency 0.5 — otherwise the reference image would already be aliased. Sub-sampled by
+# `decimation` (every k-th pixel), everything with local frequency above the new Nyquist $0.5/k$ folds into
+# phantom ring centres. Low-pass filtering *before* sub-sampling (the ideal FFT filter at $1/k$ of Nyquist) removes
+# what cannot be represented, leaving a flat grey where the rings were too fine.
+
+# %%
+zp = signal.zone_plate(zone_plate_size, zone_plate_size, max_freq=zone_plate_max_freq)
+corner_freq = zone_plate_max_freq * np.sqrt(2)
 naive = zp[::decimation, ::decimation]
 filtered = signal.ideal_lowpass(zp, 1.0 / decimation)[::decimation, ::decimation]
-fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+err = naive - filtered
+clean_radius = (0.5 / decimation) / zone_plate_max_freq  # in units of R
+fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
 for ax, img, title in zip(axes, [zp, naive, filtered],
-                          ["zone plate (full rate)", f"every {decimation}th sample: aliasing",
-                           f"low-pass, then every {decimation}th"]):
+                          [f"zone plate, full rate (corner {corner_freq:.2f} cyc/sample)",
+                           f"every {decimation}th sample: phantom centres",
+                           f"ideal low-pass, then every {decimation}th"]):
     ax.imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_title(title)
-    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("x (pixels)")
+    ax.set_ylabel("y (pixels)")
+im = axes[3].imshow(err, cmap="RdBu", vmin=-2, vmax=2, interpolation="nearest")
+c = (naive.shape[-1] - 1) / 2
+axes[3].add_patch(plt.Circle((c, c), clean_radius * naive.shape[-1] / 2, fill=False, color="k", ls="--"))
+axes[3].set_title("aliasing = naive - filtered\n(dashed: radius where local freq = new Nyquist)", fontsize=9)
+axes[3].set_xlabel("x (pixels)")
+fig.colorbar(im, ax=axes[3], fraction=0.046)
 save_figure(fig, f"{FIG}/zone_plate.png")
 plt.show()
 
+
 # %% [markdown]
-# We can measure aliasing: the energy that the naive sub-sampling puts at frequencies that the low-passed version
-# does not have (all of it is folded energy).
+# How much of the naive result is aliasing, and can it be removed *after* sampling? The aliases are folded onto
+# frequencies *inside* the new band — the same frequencies where the correct image has its rings — so no filter
+# applied after sampling separates them. We try ideal low-passes at several cutoffs on the naive result and keep the
+# best: its error stays a large fraction of the correct image's energy.
 
 # %%
 def energy(x):
     return float((x - x.mean()).pow(2).mean())
 
 
-alias_energy = energy(naive - filtered)
+post = {c_: energy(signal.ideal_lowpass(naive, c_) - filtered) / energy(filtered) for c_ in (1.0, 0.75, 0.5, 0.25)}
+r_coarse = torch.hypot(*torch.meshgrid(torch.arange(naive.shape[0]) - c, torch.arange(naive.shape[1]) - c,
+                                       indexing="ij")) / (naive.shape[0] / 2)
 metrics["zone_plate"] = {
-    "decimation": decimation,
-    "aliased_energy_fraction": alias_energy / energy(naive),
+    "max_freq": zone_plate_max_freq, "corner_frequency": float(corner_freq), "decimation": decimation,
+    "aliased_energy_fraction": energy(err) / energy(naive),
+    "best_post_filter_error_fraction": min(post.values()),
+    "post_filter_error_fraction": {str(k): v for k, v in post.items()},
+    "alias_mse_inside_clean_radius": float(err[r_coarse < clean_radius * 0.9].pow(2).mean()),
+    "alias_mse_outside": float(err[r_coarse > clean_radius].pow(2).mean()),
 }
-print(f"fraction of the naively sub-sampled zone plate's energy that is aliasing: "
-      f"{metrics['zone_plate']['aliased_energy_fraction']:.3f}")
+print(metrics["zone_plate"])
+assert corner_freq < 0.5
+assert metrics["zone_plate"]["aliased_energy_fraction"] > 0.5
+assert metrics["zone_plate"]["best_post_filter_error_fraction"] > 1.0
+assert metrics["zone_plate"]["alias_mse_inside_clean_radius"] < 0.1 * metrics["zone_plate"]["alias_mse_outside"]
 
 # %% [markdown]
-# ## 3. Moiré on a photograph
+# **What to notice.** The full-rate zone plate is clean everywhere (corner frequency below 0.5). After naive
+# sub-sampling, more than half of the image's energy is aliasing (`aliased_energy_fraction`), almost all of it
+# outside the dashed circle where the local frequency exceeds the new Nyquist (inside it the mean squared error is
+# less than a tenth of the outside's; what remains there is the ideal filter's ringing). No low-pass applied
+# afterwards brings the error below the correct image's own energy (`best_post_filter_error_fraction` > 1): once
+# folded, aliases are indistinguishable from content.
 #
-# Real images contain fine periodic texture (fabric, hair, brick). Sub-sampling a photo without a low-pass filter
-# turns that texture into moiré: large-scale stripes that are not in the scene. The spectra (log power, centre =
-# zero frequency) show why: naive sub-sampling folds the outer spectrum back onto the centre.
+# ## 3. Moiré and jaggies on a texture
+#
+# Fine periodic texture (brick, fabric, hair) sub-sampled without a low-pass becomes moiré and jaggies: patterns
+# that are not in the scene (here the thin mortar lines break up and change width from brick to brick). The input is a crop of `skimage.data.<image>` at its native resolution (no anti-aliased
+# resize first, which would already have removed what we want to see). Spectra are log power with a Hann window
+# (without it, the jump between opposite image borders draws a bright cross through the spectrum). On the full-rate
+# spectrum the dashed square marks the new Nyquist: everything outside it folds back inside when we keep every
+# `decimation`-th pixel.
 
 # %%
 photo = getattr(skimage.data, image)()
 gray = skimage.color.rgb2gray(photo) if photo.ndim == 3 else photo / 255.0
-gray = torch.tensor(skimage.transform.resize(gray, (zone_plate_size, zone_plate_size), anti_aliasing=True),
-                    dtype=torch.float32) * 2 - 1
+s0 = (gray.shape[0] - zone_plate_size) // 2
+gray = torch.tensor(gray[s0:s0 + zone_plate_size, s0:s0 + zone_plate_size], dtype=torch.float32) * 2 - 1
 photo_naive = gray[::decimation, ::decimation]
 photo_filtered = signal.downsample(gray, decimation, method="ideal")
 
 
 def log_spectrum(x):
-    return torch.log10(torch.fft.fftshift(torch.fft.fft2(x - x.mean())).abs() ** 2 + 1e-6)
+    hann = torch.outer(torch.hann_window(x.shape[0], periodic=False), torch.hann_window(x.shape[1], periodic=False))
+    return torch.log10(torch.fft.fftshift(torch.fft.fft2((x - x.mean()) * hann)).abs() ** 2 + 1e-6)
 
 
-fig, axes = plt.subplots(2, 3, figsize=(12, 8))
-for col, (img, title) in enumerate([(gray, "photo"), (photo_naive, f"naive 1/{decimation}"),
-                                    (photo_filtered, f"alias-free 1/{decimation}")]):
+def outside_square_fraction(x, half):
+    p = torch.fft.fft2(x - x.mean()).abs() ** 2
+    fy = torch.fft.fftfreq(x.shape[0]).abs()[:, None]
+    fx = torch.fft.fftfreq(x.shape[1]).abs()[None, :]
+    return float(p[(fy > half) | (fx > half)].sum() / p.sum())
+
+
+fig, axes = plt.subplots(2, 4, figsize=(18, 8.5), gridspec_kw={"wspace": 0.45})
+spec_ext = [-0.5, 0.5, 0.5, -0.5]
+panels = [(gray, "texture, full rate"), (photo_naive, f"naive 1/{decimation}: broken, jagged mortar lines"),
+          (photo_filtered, f"ideal low-pass, then 1/{decimation}")]
+for col, (img, title) in enumerate(panels):
     axes[0, col].imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-    axes[0, col].set_title(title)
-    axes[1, col].imshow(log_spectrum(img), cmap="magma")
-    axes[1, col].set_title("log power spectrum")
-    for ax in axes[:, col]:
-        ax.axis("off")
+    axes[0, col].set_title(title, fontsize=10)
+    axes[0, col].set_xlabel("x (pixels)")
+    axes[0, col].set_ylabel("y (pixels)")
+    im = axes[1, col].imshow(log_spectrum(img), cmap="magma", extent=spec_ext, vmin=-2, vmax=6)
+    axes[1, col].set_title("log10 power (Hann window)", fontsize=10)
+    axes[1, col].set_xlabel("f_x (cycles/sample)")
+    axes[1, col].set_ylabel("f_y (cycles/sample)")
+    fig.colorbar(im, ax=axes[1, col], fraction=0.046)
+h = 0.5 / decimation
+axes[1, 0].add_patch(plt.Rectangle((-h, -h), 2 * h, 2 * h, fill=False, color="c", ls="--", lw=1.5))
+im = axes[0, 3].imshow(photo_naive - photo_filtered, cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+axes[0, 3].set_title("aliasing = naive - filtered", fontsize=10)
+axes[0, 3].set_xlabel("x (pixels)")
+fig.colorbar(im, ax=axes[0, 3], fraction=0.046)
+im = axes[1, 3].imshow(log_spectrum(photo_naive - photo_filtered), cmap="magma", extent=spec_ext, vmin=-2, vmax=6)
+axes[1, 3].set_title("log10 power of the aliasing", fontsize=10)
+axes[1, 3].set_xlabel("f_x (cycles/sample)")
+fig.colorbar(im, ax=axes[1, 3], fraction=0.046)
 save_figure(fig, f"{FIG}/moire_photo.png")
 plt.show()
 metrics["photo"] = {"image": image,
+                    "energy_outside_new_nyquist": outside_square_fraction(gray, h),
                     "aliased_energy_fraction": energy(photo_naive - photo_filtered) / energy(photo_naive)}
+print(metrics["photo"])
+# the folded energy is the energy that lay outside the new-Nyquist square (Parseval; up to its +-Nyquist split)
+assert abs(metrics["photo"]["aliased_energy_fraction"] * energy(photo_naive) / energy(gray)
+           - metrics["photo"]["energy_outside_new_nyquist"]) < 0.02
+assert metrics["photo"]["aliased_energy_fraction"] > 0.05
 
 # %% [markdown]
-# ## 4. Staircase edges
+# **What to notice.** The texture has a sizeable share of its energy outside the new-Nyquist square
+# (`energy_outside_new_nyquist`), and that share reappears, folded, as the aliasing of the naive result
+# (`aliased_energy_fraction`; Parseval: the two agree to 0.02). The aliasing's spectrum (bottom right) spreads over
+# the whole small band, low frequencies included: the broken mortar lines are coarse patterns made of fine texture.
+# The low-passed result rings a little next to the sharp lines (Gibbs: the ideal filter's impulse response is an
+# untapered sinc; notebook 01).
 #
-# A sharp, slanted edge contains all frequencies. Point-sampling it gives the familiar staircase ("jaggies"), whose
-# steps lock to the pixel grid: move the edge by a fraction of a pixel and the steps jump rather than glide. This is
-# exactly the *texture sticking* that alias-free networks remove: detail attached to pixel coordinates instead of to
-# the content. Pre-filtering (rendering the edge band-limited) gives a smooth edge that moves continuously.
+# ## 4. Staircase edges: point, area and band-limited sampling
+#
+# A sharp slanted bar contains all frequencies. Three ways to turn it into pixels:
+#
+# * **point sampling** (one sample per pixel): the familiar staircase; as the bar moves by a fraction of a pixel,
+#   whole pixels flip or nothing changes;
+# * **area sampling** (average of 16x16 sub-samples, a box pre-filter): edges get grey levels proportional to
+#   coverage, so the bar's *position* is kept — but a box is not a band-limiting filter: its response
+#   $\operatorname{sinc}(f)$ is still 64% ($2/\pi$) at Nyquist and has side-lobes above it, which alias;
+# * **band-limited sampling** (ideal low-pass at 0.9 of Nyquist, then point sampling): what a sampling theorem asks
+#   for. It rings next to the edge (Gibbs), but its samples describe one band-limited continuous image.
+#
+# The test that separates them is the one that matters for equivariance: does the rendering of the moved bar equal
+# the band-limited (Fourier) shift of the rendering of the unmoved one? We report that PSNR (peak 1, images in
+# [0, 1]) for sub-pixel offsets.
 
 # %%
-def edge(size, offset, supersample):
-    """A slanted half-plane rendered by averaging supersample^2 point samples per pixel (1 = point sampling)."""
-    s = supersample
-    y, x = np.mgrid[0:size * s, 0:size * s] / s
-    img = (x - 0.3 * y + offset > size / 2).astype(np.float64)
-    return img.reshape(size, s, size, s).mean(axis=(1, 3))
+SUPER = 16
+
+
+def bar_supersampled(size, offset):
+    """Slanted bar, point-sampled SUPER times per pixel in each axis; offset moves it left by `offset` pixels."""
+    y, x = np.mgrid[0:size * SUPER, 0:size * SUPER] / SUPER
+    centre = 0.35 * size + 0.3 * y - offset
+    return (np.abs(x - centre) < 3.0).astype(np.float64)
+
+
+def render(size, offset, how):
+    fine = bar_supersampled(size, offset)
+    if how == "point":
+        return torch.tensor(fine[::SUPER, ::SUPER])
+    if how == "area":
+        return torch.tensor(fine.reshape(size, SUPER, size, SUPER).mean(axis=(1, 3)))
+    return signal.ideal_lowpass(torch.tensor(fine), 0.9 / SUPER)[::SUPER, ::SUPER]
 
 
 size = 24
 offsets = [0.0, 0.25, 0.5, 0.75]
-fig, axes = plt.subplots(2, len(offsets), figsize=(2.6 * len(offsets), 5.4))
-for j, off in enumerate(offsets):
-    axes[0, j].imshow(edge(size, off, 1), cmap="gray", interpolation="nearest")
-    axes[0, j].set_title(f"point-sampled, shift {off}")
-    axes[1, j].imshow(edge(size, off, 16), cmap="gray", interpolation="nearest")
-    axes[1, j].set_title(f"pre-filtered, shift {off}")
-    for ax in axes[:, j]:
-        ax.axis("off")
+kinds = ["point", "area", "band-limited"]
+fig, axes = plt.subplots(3, len(offsets) + 1, figsize=(2.7 * (len(offsets) + 1), 8.4))
+consistency = {}
+for r, how in enumerate(kinds):
+    base_img = render(size, 0.0, how)
+    vals = []
+    for j, off in enumerate(offsets):
+        img = render(size, off, how)
+        axes[r, j].imshow(img, cmap="gray", vmin=-0.1, vmax=1.1, interpolation="nearest")
+        axes[r, j].set_title(f"{how}, offset {off}", fontsize=9)
+        axes[r, j].set_xticks([])
+        axes[r, j].set_yticks([])
+        if off > 0:
+            moved = signal.fourier_shift(base_img, (0.0, -off))
+            vals.append(float(course.db_from_mse(float((img - moved).pow(2).mean()), peak=1.0)))
+            if off == 0.5:
+                im = axes[r, -1].imshow(img - moved, cmap="RdBu", vmin=-0.5, vmax=0.5, interpolation="nearest")
+                axes[r, -1].set_title(f"offset 0.5 minus shifted offset 0\n({vals[-1]:.1f} dB)", fontsize=9)
+                axes[r, -1].set_xticks([])
+                axes[r, -1].set_yticks([])
+                fig.colorbar(im, ax=axes[r, -1], fraction=0.046)
+    consistency[how] = float(np.mean(vals))
+fig.suptitle("Moving a slanted bar by sub-pixel offsets: is the result a shift of the unmoved rendering?")
 save_figure(fig, f"{FIG}/staircase_edges.png")
 plt.show()
-jumps_point = [float(np.abs(edge(size, o, 1) - edge(size, 0, 1)).sum()) for o in offsets]
-jumps_filtered = [float(np.abs(edge(size, o, 16) - edge(size, 0, 16)).sum()) for o in offsets]
-metrics["staircase"] = {"offsets": offsets, "change_point_sampled": jumps_point, "change_prefiltered": jumps_filtered}
+box = torch.ones(SUPER, dtype=torch.float64) / SUPER
+box = torch.cat([box, torch.zeros(1, dtype=torch.float64)])  # centre it on a fine sample (odd length)
+box_nyquist = float(course.dtft(box, np.array([0.5 / SUPER]))[0])
+sidelobe = float(course.dtft(box, np.linspace(1.0, 2.0, 201) / SUPER).max())  # first side-lobe
+metrics["staircase"] = {"offsets": offsets[1:], "shift_consistency_psnr_db": consistency,
+                        "box_gain_at_nyquist": box_nyquist, "box_first_sidelobe_gain": sidelobe}
+print(metrics["staircase"])
+assert consistency["band-limited"] > 100 > consistency["area"] + 40
+assert consistency["area"] > consistency["point"] + 5
+assert abs(box_nyquist - 2 / np.pi) < 0.02 and 0.2 < sidelobe < 0.23
 
 # %% [markdown]
-# **What to notice.** The point-sampled edge changes in discrete jumps (some sub-pixel shifts change nothing at all,
-# others flip whole pixels), while the pre-filtered edge changes in proportion to the shift (see `staircase` in the
-# metrics).
+# **What to notice.** Only the band-limited rendering moves exactly: its PSNR against the Fourier-shifted unmoved
+# rendering is at round-off level, above 100 dB. Area sampling is much better than point sampling (it keeps the
+# bar's sub-pixel position in the grey levels), but it is not a shift of one band-limited image: the box passes
+# 64% of its DC gain at Nyquist, and its first side-lobe, between 1 and 2 cycles/pixel, still passes about 22%
+# (-13 dB; `box_gain_at_nyquist`, `box_first_sidelobe_gain`); all of that aliases. Alias-free networks need the
+# third kind of sampling.
 
 # %%
 save_json(metrics, "metrics/00_sampling_and_aliasing.json")
-metrics["zone_plate"], metrics["photo"]
 
 # %% [markdown]
 # ## Exercises
 #
-# **1.** With `sample_rate = 10`, which frequency does a 17-cycle sinusoid alias to? Check it numerically by
-# comparing samples.
+# **1.** With `sample_rate = 10`, which frequency does a 17-cycle sinusoid alias to? Check it by comparing samples.
+# If the 17-cycle signal is delayed by 0.01 time units, how far and in which direction does its alias move?
 
 # %% tags=["solution"]
 f, fs = 17.0, 10.0
-fa = alias_frequency(f, fs)
-n = np.arange(0, 1, 1 / fs)
-print(fa, np.abs(np.cos(2 * np.pi * f * n) - np.cos(2 * np.pi * fa * n)).max())  # 3.0, ~0
+fa = float(course.fold(f, fs))
+ts = np.arange(0, 1, 1 / fs)
+gap = np.abs(np.cos(2 * np.pi * f * ts) - np.cos(2 * np.pi * fa * ts)).max()
+# 17 = 2 * 10 - 3: the spectrum folded (odd number of reflections), so the alias moves backwards, 17/3 as far
+delay = 0.01
+alias_delay = -delay * f / fa
+moved_gap = np.abs(np.cos(2 * np.pi * f * (ts - delay)) - np.cos(2 * np.pi * fa * (ts - alias_delay))).max()
+print(f"alias {fa:g}, sample gap {gap:.1e}; alias delay {alias_delay:+.4f}, gap {moved_gap:.1e}")
+assert fa == 3.0 and gap < 1e-9 and moved_gap < 1e-9
 
 # %% [markdown]
 # **2.** Sub-sample the zone plate by 2 instead of `decimation`. Up to which radius (as a fraction of R) are the rings
-# still alias-free? (Hint: the local frequency at radius r is `max_freq * r / R`; the new Nyquist is 0.25.)
+# still alias-free? Predict it from the local frequency `max_freq * r / R` and the new Nyquist 0.25, then measure
+# the radius where the aliasing error first becomes visible.
 
 # %% tags=["solution"]
-ratio = 0.25 / 0.5  # rings stay clean up to half the radius
-zp2 = zp[::2, ::2]
-print(f"alias-free up to r/R = {ratio}")
-plt.imshow(zp2, cmap="gray"); plt.title("every 2nd sample: phantoms start at r = R/2"); plt.show()
+predicted = 0.25 / zone_plate_max_freq
+err2 = zp[::2, ::2] - signal.ideal_lowpass(zp, 0.5)[::2, ::2]
+m2 = err2.shape[-1]
+rr = torch.hypot(*torch.meshgrid(torch.arange(m2) - (m2 - 1) / 2, torch.arange(m2) - (m2 - 1) / 2,
+                                 indexing="ij")) / (m2 / 2)
+ring = 2.0 / m2  # one pixel wide rings
+radii = np.arange(0.05, 1.4, ring)
+rms = [float(err2[(rr >= a) & (rr < a + ring)].pow(2).mean().sqrt()) for a in radii]
+measured = float(radii[np.argmax(np.array(rms) > 0.2)])
+print(f"predicted r/R = {predicted:.3f}, measured onset {measured:.3f} (ring width {ring:.3f})")
+assert abs(measured - predicted) < max(0.08, 3 * ring)
 
 # %% [markdown]
-# **3.** Why does the pre-filtered edge in section 4 move smoothly? Compute the total intensity of each pre-filtered
-# frame and explain how it depends on the offset.
+# **3.** Why does the area-sampled bar keep its position? Compute each row's intensity centroid
+# $\sum_k k I_k / \sum_k I_k$ for every offset: for area sampling it moves by exactly the offset (the bar's width is
+# a whole number of pixels, so the box averages lose no position), for point sampling it moves in jumps.
 
 # %% tags=["solution"]
-totals = [edge(size, o, 16).sum() for o in offsets]
-print(np.diff(totals))  # equal steps: area coverage grows linearly with the sub-pixel offset
+def centroids(how, off):
+    img = render(size, off, how).numpy()
+    return (img * np.arange(size)).sum(-1) / img.sum(-1)
+
+
+moves = {how: [centroids(how, o) - centroids(how, 0.0) for o in offsets] for how in ("area", "point")}
+for how, mv in moves.items():
+    print(how, "mean centroid move per offset:", [round(float(m.mean()), 3) for m in mv],
+          "largest row error:", round(max(float(np.abs(m + o).max()) for m, o in zip(mv, offsets)), 3))
+assert all(np.allclose(m, -o, atol=1e-9) for m, o in zip(moves["area"], offsets))
+assert max(float(np.abs(m + o).max()) for m, o in zip(moves["point"], offsets)) > 0.2

@@ -1,0 +1,107 @@
+"""The theory notebooks' takeaways, re-checked from their committed metrics (metrics/0N_*.json).
+
+Each assertion restates a sentence of a notebook's "What to notice" text; if a re-run changes the numbers so that the
+sentence no longer holds, this fails (the notebooks assert the same inside themselves on every run).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from afcore.utils import REPO_ROOT
+
+
+def _load(name):
+    path = REPO_ROOT / "metrics" / f"{name}.json"
+    data = json.loads(path.read_text())
+    if data.get("profile") != "cpu":
+        pytest.skip(f"{path.name} is from profile {data.get('profile')!r}; claims are stated for cpu")
+    return data
+
+
+def test_00_sampling_claims():
+    m = _load("00_sampling_and_aliasing")
+    assert all(r["sample_gap"] < 1e-9 for r in m["sinusoids"])
+    ma = m["moving_alias"]
+    assert ma["sample_gap"] < 1e-9 and ma["alias_shift"] < -2 * ma["content_shift"]  # faster and backwards
+    zp = m["zone_plate"]
+    assert zp["corner_frequency"] < 0.5 and zp["aliased_energy_fraction"] > 0.5
+    assert zp["best_post_filter_error_fraction"] > 1.0
+    assert zp["alias_mse_inside_clean_radius"] < 0.1 * zp["alias_mse_outside"]
+    ph = m["photo"]
+    assert abs(ph["aliased_energy_fraction"] - ph["energy_outside_new_nyquist"]) < 0.02  # Parseval, roughly
+    st = m["staircase"]["shift_consistency_psnr_db"]
+    assert st["band-limited"] > 100 > st["area"] + 40 and st["area"] > st["point"] + 5
+    assert abs(m["staircase"]["box_gain_at_nyquist"] - 0.6366) < 0.02
+
+
+def test_01_filter_claims():
+    m = _load("01_filters")
+    taps = {r["numtaps"]: r for r in m["numtaps_sweep"]}
+    assert all(abs(taps[n]["gain_at_cutoff_db"] + 6.02) < 0.1 for n in (13, 25))
+    assert abs(taps[13]["transition_width"] / taps[25]["transition_width"] - 2) < 0.2
+    beta = m["beta_sweep"]
+    widths = [r["predicted_transition"] for r in beta]
+    assert widths == sorted(widths)
+    stop = [r["stopband_db"] for r in beta]
+    assert max(stop) > stop[-1] + 3  # not monotonic in beta: the old "larger beta, deeper stop-band" is false
+    assert all(r["step_overshoot"] < m["ideal_step_overshoot"] for r in beta)
+    k = {r["kernel"]: r for r in m["kernels_2d"]}
+    assert k["jinc 13 (radial)"]["anisotropy_at_cutoff_db"] < 0.5 < 2 < k["sinc 13 (separable)"]["anisotropy_at_cutoff_db"]
+    assert all(-8 < g < -6 for g in k["jinc 13 (radial)"]["gain_at_cutoff_axis_diagonal_db"])
+    assert all(-17 < r["max_rel_gain_above_1.5fc_db"] < -8 for n, r in k.items() if n.startswith("3x3"))
+    ov = m["image_step_overshoot"]
+    assert ov["ideal (FFT) low-pass"] > ov["Kaiser sinc 13, beta 8"]
+
+
+def test_02_resampling_claims():
+    m = _load("02_resampling_and_nonlinearity")
+    dn = {r["method"]: r for r in m["downsampling"]}
+    avg = dn["avg-pool 2x2"]
+    assert avg["relative_error_vs_ideal"] < avg["relative_error_unaligned"] / 3 and avg["relative_error_vs_ideal"] < 0.01
+    assert dn["Kaiser 13 low-pass + stride"]["relative_error_vs_ideal"] < avg["relative_error_vs_ideal"]
+    up = [r["energy_above_old_nyquist"] for r in m["upsampling"]]
+    assert up == sorted(up, reverse=True) and up[-1] < 1e-10
+    for r in m["nonlinearity_energy_above_nyquist"]:
+        assert r["energy_above_nyquist"] > r["folds_at_2x"] >= r["folds_at_4x"]
+    fa = {r["activation"]: r for r in m["filtered_activation_spsnr"]}
+    for r in fa.values():
+        assert r["gain_ideal_db"] > 10 and 3 < r["gain_kaiser_db"] < r["gain_ideal_db"]
+    assert fa["relu"]["spsnr_ideal_4x_below_nyquist_db"] > fa["relu"]["spsnr_ideal_2x_below_nyquist_db"] + 10
+    for name in ("gelu", "silu"):
+        assert fa[name]["spsnr_ideal_2x_below_nyquist_db"] > 120
+
+
+def test_03_equivariance_claims():
+    m = _load("03_equivariance")
+    integer = m["integer_shift_spsnr_db"]["standard"]
+    assert integer["4"] > 100 > 30 > integer["1"]
+    assert m["spsnr_gap_db"] > 15 and m["min_spsnr_gap_db"] > 20
+    assert m["mean_abs_wobble"]["standard"] > 5 * m["mean_abs_wobble"]["alias-free"]
+    eq = {r["model"]: r for r in m["eq_metrics"]}
+    assert eq["alias-free"]["EQ-T_circular_db"] > eq["alias-free"]["EQ-T_db"] + 10  # the border dominates EQ-T
+    assert eq["standard"]["EQ-T_db"] < eq["alias-free"]["EQ-T_db"] < eq["standard"]["EQ-T_db"] + 10
+    rot = {(r["model"], r["angle"]): r["psnr_db"] for r in m["rotation_psnr"]}
+    assert rot[("alias-free jinc, D4 3x3", 90.0)] > 60 > 30 > rot[("standard, D4 3x3", 90.0)]
+    for a in (10.0, 30.0, 45.0):
+        assert rot[("alias-free jinc, D4 3x3", a)] > rot[("standard, D4 3x3", a)] + 3
+
+
+def test_04_design_claims():
+    m = _load("04_design")
+    for r in m["stylegan3_schedule"]:
+        if not r["critically_sampled"]:
+            assert r["stopband"] <= r["sampling_rate"] / 2 + 1e-9
+    af = [r["aliased_fraction"] for r in m["transition_below_nyquist"]]
+    assert af[0] > 50 * af[1]
+    assert m["polyphase"]["max_abs_difference"] < 1e-6
+    for r in m["sinc_vs_jinc"]["rotation"]:
+        assert r["jinc_radial_db"] > r["sinc_separable_db"] + (15 if r["angle"] >= 30 else 5)
+    cv = {r["activation"]: r for r in m["continuous_view"]}
+    assert all(r["filtered_2x_db"] > r["plain_db"] + 15 for r in cv.values())
+    assert cv["relu"]["filtered_4x_db"] > cv["relu"]["filtered_2x_db"] + 5 and cv["gelu"]["filtered_2x_db"] > 100
+    b = m["borders"]
+    assert b["kaiser"]["reach_px"] <= 12 and b["ideal"]["reach_px"] >= m["size"] // 2 - 1
+    assert b["kaiser"]["psnr_at_border_db"] < b["kaiser"]["psnr_centre_zero_db"] - 10
+    assert m["layer4_down_filter_gain_at_output_nyquist_db"] < -20

@@ -1,0 +1,176 @@
+"""AF-LDM's warping-equivariant video editing (taught in notebooks/41_video_editing.py).
+
+Editing (SDEdit-like, AF-LDM appendix B): every frame's latent is DDIM-*inverted* with the null condition up to an
+intermediate step (``strength`` of the chain), then denoised from there with the edit condition and classifier-free
+guidance. Cross-frame attention (CFA) is on in both stages and anchored on frame 0: frame 0 runs first and stores every
+self-attention layer's input per call (``EquivariantAttention.record``), every frame then takes keys/values from it
+(``use``). No optical flow is used: the motion rides in the inverted latents, and an equivariant model carries it
+to the output.
+
+- ``ddim_invert`` climbs the chain: at each timestep t (ascending) the noise is predicted from the current latent,
+  the clean latent is estimated with the current level's alpha, and the latent is re-noised to level t with the
+  same noise. ``ddim_generate`` walks back down with ``diffusers.DDIMScheduler`` (eta 0), optionally with CFG
+  (batch [uncond..., cond...]).
+- ``class_conditional`` turns a trained unconditional ``UNet2DModel`` into a class-conditional one whose class
+  embedding starts at zero (so it starts as the unconditional model), keeping its alias-free patch.
+- ``circular`` makes every convolution (and the alias-free down-sampler's) pad circularly: with ideal (FFT)
+  resampling everything is then exactly equivariant to circular shifts by multiples of the total stride, the
+  positive control of the editing pipeline.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from afcore.attention import EquivariantAttention
+from afcore.ldm import make_scheduler
+
+__all__ = ["sepia", "class_conditional", "Conditioned", "edit_timesteps", "ddim_invert", "ddim_generate",
+           "edit_latents", "circular"]
+
+SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
+
+
+def sepia(x: torch.Tensor) -> torch.Tensor:
+    """The sepia colour matrix on [0, 1] colours, clipped; images in and out in [-1, 1]. Pointwise, so it commutes
+    with any warp: the edited video's ground truth is sepia(frame)."""
+    rgb = (x + 1) / 2
+    out = torch.einsum("ij,...jhw->...ihw", SEPIA.to(x), rgb).clamp(0, 1)
+    return out * 2 - 1
+
+
+def class_conditional(unet, num_classes: int = 3):
+    """A copy of ``unet`` (``UNet2DModel``) with ``num_class_embeds`` classes; the class embedding starts at zero."""
+    from diffusers import UNet2DModel
+
+    from afcore.surgery import make_alias_free
+
+    out = UNet2DModel.from_config(unet.config, num_class_embeds=num_classes)
+    patch = getattr(unet, "_alias_free_patch", None)
+    if patch and (patch["resample"] or patch["nonlinearity"]):
+        make_alias_free(out, **patch)
+    missing, unexpected = out.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("class_embedding") for k in missing):
+        raise ValueError(f"class_conditional: unexpected keys {unexpected}, missing {missing}")
+    nn.init.zeros_(out.class_embedding.weight)
+    return out
+
+
+class Conditioned(nn.Module):
+    """``unet(x, t)`` with fixed ``class_labels`` (set ``.labels``), so class-free helpers (``afcore.ldm``) work."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.labels = None
+
+    def forward(self, x, t):
+        labels = self.labels
+        if labels is not None and labels.shape[0] != x.shape[0]:
+            labels = labels.repeat_interleave(x.shape[0] // labels.shape[0])
+        return self.unet(x, t, class_labels=labels)
+
+
+def edit_timesteps(steps: int, strength: float) -> torch.Tensor:
+    """The last ``int(steps * strength)`` timesteps of a ``steps``-step DDIM chain (descending)."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(steps)
+    k = int(steps * strength)
+    if k < 1:
+        raise ValueError(f"steps * strength must be >= 1, got {steps} * {strength}")
+    return sched.timesteps[-k:]
+
+
+def _eps(unet, x, t, labels, cfg, null):
+    tt = torch.full((x.shape[0],), int(t), device=x.device)
+    if labels is None:
+        return unet(x, tt).sample
+    if cfg == 1.0:
+        return unet(x, tt, class_labels=labels).sample
+    both = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([torch.full_like(labels, null),
+                                                                                  labels])).sample
+    u, c = both.chunk(2)
+    return u + cfg * (c - u)
+
+
+@torch.no_grad()
+def ddim_invert(unet, z0: torch.Tensor, timesteps, labels=None, trajectory: bool = False):
+    """DDIM inversion of clean latents ``z0`` up to the largest of ``timesteps`` (any order); returns z_T
+    (and the list of latents after every step with ``trajectory``)."""
+    sched = make_scheduler("ddim")
+    acp = sched.alphas_cumprod.to(z0.device)
+    a_prev = sched.final_alpha_cumprod.to(z0.device)  # the level DDIM sampling ends at
+    z, traj = z0, []
+    for t in sorted(int(t) for t in timesteps):
+        eps = _eps(unet, z, t, labels, 1.0, 0)
+        x0 = (z - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        a_prev = acp[t]
+        z = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        traj.append(z)
+    return (z, traj) if trajectory else z
+
+
+@torch.no_grad()
+def ddim_generate(unet, z: torch.Tensor, timesteps, labels=None, cfg: float = 1.0, null: int = 0, steps=None):
+    """DDIM (eta 0) down ``timesteps`` (descending) from z; CFG with ``cfg`` != 1 (null class ``null``)."""
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(steps or len(timesteps))
+    for t in timesteps:
+        z = sched.step(_eps(unet, z, t, labels, cfg, null), t, z, eta=0.0).prev_sample
+    return z
+
+
+@torch.no_grad()
+def edit_latents(unet, z: torch.Tensor, steps: int, strength: float, edit_label: int, null: int = 0,
+                 cfg: float = 3.0, cfa_inversion: bool = True, cfa_generation: bool = True):
+    """Edit videos of latents z (V, F, C, h, w): inversion with the null class, generation with ``edit_label`` and
+    CFG; CFA anchored on each video's frame 0 in the stages where it is on. Returns (V, F, C, h, w)."""
+    v, nf = z.shape[:2]
+    ts = edit_timesteps(steps, strength)
+    flat = z.flatten(0, 1)  # [v0 f0..f(F-1), v1 f0.., ...]: V contiguous groups, one per reference
+    null_l = torch.full((v * nf,), null, device=z.device, dtype=torch.long)
+    edit_l = torch.full((v * nf,), edit_label, device=z.device, dtype=torch.long)
+    with EquivariantAttention(unet) as eq:
+        if cfa_inversion:
+            eq.record()
+            ddim_invert(unet, z[:, 0], ts, null_l[:v])
+            eq.use()
+        else:
+            eq.off()
+        inv = ddim_invert(unet, flat, ts, null_l)
+        if cfa_generation:  # reference: frame 0 of each video, CFG batch [uncond refs, cond refs]
+            eq.record()
+            ddim_generate(unet, inv.reshape(v, nf, *z.shape[2:])[:, 0], ts, edit_l[:v], cfg, null, steps)
+            eq.use()
+        else:
+            eq.off()
+        out = ddim_generate(unet, inv, ts, edit_l, cfg, null, steps)
+    return out.reshape(z.shape)
+
+
+def circular(model: nn.Module) -> nn.Module:
+    """Every padded Conv2d pads circularly, including the alias-free down-sampler's stride-1 conv (in place)."""
+    from afcore.surgery import _downsample_cls, _ideal_down2
+
+    _, af_down = _downsample_cls()
+
+    class CircularAFDown(af_down):
+        def forward(self, hidden_states, *args, **kwargs):
+            if self.norm is not None:
+                hidden_states = self.norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            if self.use_conv:
+                p = self.conv.kernel_size[0] // 2
+                hidden_states = F.conv2d(F.pad(hidden_states, (p, p, p, p), mode="circular"), self.conv.weight,
+                                         self.conv.bias)
+            return _ideal_down2(hidden_states)
+
+    for m in model.modules():
+        if type(m) is af_down:
+            m.__class__ = CircularAFDown
+        elif isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding if isinstance(p, int)):
+            m.padding_mode = "circular"
+            m._reversed_padding_repeated_twice = [p for p in reversed(m.padding) for _ in range(2)]
+    return model

@@ -13,6 +13,8 @@ to the output.
   (batch [uncond..., cond...]).
 - ``class_conditional`` turns a trained unconditional ``UNet2DModel`` into a class-conditional one whose class
   embedding starts at zero (so it starts as the unconditional model), keeping its alias-free patch.
+- ``interpolate``: AF-LDM's latent interpolation between two frames (inversion, forward splatting of the inverted
+  latents by alpha times the flow, slerp, attention outputs blended from the two references, ``BlendedAttention``).
 - ``circular`` makes every convolution (and the alias-free down-sampler's) pad circularly: with ideal (FFT)
   resampling everything is then exactly equivariant to circular shifts by multiples of the total stride, the
   positive control of the editing pipeline.
@@ -27,7 +29,7 @@ from afcore.attention import EquivariantAttention
 from afcore.ldm import make_scheduler
 
 __all__ = ["sepia", "class_conditional", "Conditioned", "edit_timesteps", "ddim_invert", "ddim_generate",
-           "edit_latents", "circular"]
+           "edit_latents", "circular", "BlendedAttention", "slerp", "splat_latent", "interpolate"]
 
 SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
 
@@ -174,3 +176,126 @@ def circular(model: nn.Module) -> nn.Module:
             m.padding_mode = "circular"
             m._reversed_padding_repeated_twice = [p for p in reversed(m.padding) for _ in range(2)]
     return model
+
+
+# ------------------------------------------------------------------------------------------------ interpolation
+class BlendedAttention:
+    """Cross-frame attention from two references, blended: output = sum_s w_s Attn(q, K_s, V_s) (AF-LDM's latent
+    interpolation blends attention *outputs*, not keys/values). ``record(slot)`` stores a reference pass in slot 0
+    or 1 (calls indexed by order, as ``EquivariantAttention``); ``use(weights)`` with weights (B, 2) or a pair."""
+
+    def __init__(self, unet):
+        self.unet = unet
+        self.caches = [{}, {}]
+        self.state = {"mode": "off", "counter": {}, "slot": 0, "weights": None}
+        self._saved = None
+
+    def _layers(self):
+        from diffusers.models.attention_processor import Attention
+        return {n: m for n, m in self.unet.named_modules() if isinstance(m, Attention)}
+
+    def __enter__(self):
+        layers = self._layers()
+        self._saved = {n: m.processor for n, m in layers.items()}
+        for n, m in layers.items():
+            m.set_processor(_BlendProcessor(n, self))
+        return self
+
+    def __exit__(self, *exc):
+        for n, m in self._layers().items():
+            m.set_processor(self._saved[n])
+        self.caches = [{}, {}]
+        return False
+
+    def record(self, slot: int):
+        if slot not in (0, 1):
+            raise ValueError(f"slot must be 0 or 1, got {slot}")
+        self.caches[slot] = {}
+        self.state.update(mode="record", counter={}, slot=slot)
+
+    def use(self, weights):
+        w = torch.as_tensor(weights, dtype=torch.float32)
+        if w.ndim == 1:
+            w = w[None]
+        if w.shape[-1] != 2:
+            raise ValueError(f"weights must be (B, 2) or a pair, got shape {tuple(w.shape)}")
+        self.state.update(mode="use", counter={}, weights=w)
+
+
+class _BlendProcessor:
+    def __init__(self, name, owner):
+        from diffusers.models.attention_processor import AttnProcessor
+        self.name, self.owner, self.plain = name, owner, AttnProcessor()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *a, **k):
+        from afcore.attention import _cross_frame
+
+        st = self.owner.state
+        if encoder_hidden_states is not None or st["mode"] == "off":
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        idx = st["counter"].get(self.name, 0)
+        st["counter"][self.name] = idx + 1
+        if st["mode"] == "record":
+            self.owner.caches[st["slot"]][(self.name, idx)] = hidden_states.detach()
+            return self.plain(attn, hidden_states, None, attention_mask, temb)
+        w = st["weights"].to(hidden_states)
+        w = w.expand(hidden_states.shape[0], 2) if w.shape[0] == 1 else w
+        out = 0
+        for s in (0, 1):
+            ref = self.owner.caches[s].get((self.name, idx))
+            if ref is None:
+                raise ValueError(f"no reference in slot {s} for layer {self.name!r} call {idx}")
+            o = _cross_frame(attn, hidden_states, ref, temb)
+            out = out + w[:, s].reshape(-1, *([1] * (o.ndim - 1))) * o
+        return out
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha) -> torch.Tensor:
+    """Spherical interpolation per sample between a and b (B, ...); alpha a float or (B,)."""
+    alpha = torch.as_tensor(alpha, dtype=a.dtype, device=a.device).reshape(-1, *([1] * (a.ndim - 1)))
+    af, bf = a.flatten(1), b.flatten(1)
+    cos = (af * bf).sum(1) / (af.norm(dim=1) * bf.norm(dim=1)).clamp_min(1e-12)
+    th = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7)).reshape(-1, *([1] * (a.ndim - 1)))
+    return (torch.sin((1 - alpha) * th) * a + torch.sin(alpha * th) * b) / torch.sin(th)
+
+
+def splat_latent(z: torch.Tensor, flow_img: torch.Tensor, factor: int, fill: torch.Tensor) -> torch.Tensor:
+    """Forward-splat a latent by an image-resolution flow: ideal x``factor`` up-sampling, normalised bilinear splat,
+    holes filled with ``fill`` (a noise field at image resolution), every ``factor``-th sample kept."""
+    from afcore.flow import forward_splat
+    from afcore.signal import upsample
+
+    up = upsample(z, factor, method="ideal")
+    y, w = forward_splat(up, flow_img, normalize=True)
+    y = torch.where(w > 1e-6, y, fill)
+    return y[..., ::factor, ::factor]
+
+
+@torch.no_grad()
+def interpolate(unet, za: torch.Tensor, zb: torch.Tensor, flow_ab: torch.Tensor, flow_ba: torch.Tensor,
+                alphas, steps: int, factor: int, generator=None, labels=None, blend: bool = True):
+    """AF-LDM latent interpolation between clean latents za, zb (P, C, h, w) with image-resolution flows
+    (P, 2, H, W): full DDIM inversion of both; for each alpha, za splatted by alpha F_ab and zb by (1 - alpha) F_ba,
+    slerped; denoised with attention blended (1 - alpha, alpha) from the two references' denoising passes
+    (``blend=False``: the released script's behaviour: zb's splat anchored on zb alone). Returns (P, A, C, h, w)."""
+    ts = edit_timesteps(steps, 1.0)
+    p, alphas = za.shape[0], [float(a) for a in alphas]
+    lab = labels if labels is not None else torch.zeros(p, dtype=torch.long, device=za.device)
+    inv_a, inv_b = ddim_invert(unet, za, ts, lab), ddim_invert(unet, zb, ts, lab)
+    fill = torch.randn((p, za.shape[1]) + tuple(flow_ab.shape[-2:]), generator=generator).to(za)
+    lat = []
+    for a in alphas:
+        wa = splat_latent(inv_a, a * flow_ab, factor, fill)
+        wb = splat_latent(inv_b, (1 - a) * flow_ba, factor, fill)
+        lat.append(slerp(wa, wb, torch.full((p,), a)) if blend else wb)
+    z = torch.stack(lat, 1).flatten(0, 1)  # [pair0 alphas..., pair1 alphas...]
+    labs = lab.repeat_interleave(len(alphas))
+    with BlendedAttention(unet) as att:
+        att.record(0)
+        ddim_generate(unet, inv_a, ts, lab, steps=steps)
+        att.record(1)
+        ddim_generate(unet, inv_b, ts, lab, steps=steps)
+        w = torch.tensor([[1 - a, a] for a in alphas] * p) if blend else torch.tensor([[0.0, 1.0]] * (p * len(alphas)))
+        att.use(w)
+        out = ddim_generate(unet, z, ts, labs, steps=steps)
+    return out.reshape(p, len(alphas), *za.shape[1:])

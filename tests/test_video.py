@@ -217,3 +217,64 @@ def test_sepia_is_pointwise_and_commutes_with_a_warp():
     b, _ = FL.backward_warp(x, f, mode="nearest")
     torch.testing.assert_close(a, ED.sepia(b) * (b.abs().sum(1, keepdim=True) > 0) + a * (b.abs().sum(1, keepdim=True) == 0))
     assert ED.sepia(x).min() >= -1 and ED.sepia(x).max() <= 1
+
+
+def test_attention_blend_weights():
+    from afcore.attention import EquivariantAttention
+
+    _, unet = _class_unet(seed=3)
+    g = torch.Generator().manual_seed(3)
+    ra, rb, x = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
+    t = torch.tensor([400])
+    with torch.no_grad():
+        with EquivariantAttention(unet) as eq:
+            single = []
+            for ref in (ra, rb):
+                eq.record()
+                unet(ref, t)
+                eq.use()
+                single.append(unet(x, t).sample)
+        with ED.BlendedAttention(unet) as att:
+            att.record(0)
+            unet(ra, t)
+            att.record(1)
+            unet(rb, t)
+            att.use((1.0, 0.0))
+            only_a = unet(x, t).sample
+            att.use((0.5, 0.5))
+            half = unet(x, t).sample
+    torch.testing.assert_close(only_a, single[0], atol=1e-6, rtol=0)
+    # one attention layer at the bottom of the U-Net: blending its output is linear there, so compare per layer
+    _, unet2 = _class_unet(seed=3)
+    from diffusers.models.attention_processor import Attention
+    attn = next(m for m in unet2.modules() if isinstance(m, Attention))
+    h = torch.randn(2, attn.to_q.in_features, 4, 4, generator=g)
+    r0, r1 = torch.randn(2, attn.to_q.in_features, 4, 4, generator=g), torch.randn(2, attn.to_q.in_features, 4, 4,
+                                                                                    generator=g)
+    from afcore.attention import _cross_frame
+    with ED.BlendedAttention(unet2) as att:
+        proc = attn.processor
+        att.state.update(mode="record", counter={}, slot=0)
+        proc(attn, r0)
+        att.state.update(mode="record", counter={}, slot=1)
+        proc(attn, r1)
+        att.use(torch.tensor([[0.5, 0.5], [0.25, 0.75]]))
+        out = proc(attn, h)
+    ref = torch.stack([0.5 * _cross_frame(attn, h, r0, None)[0] + 0.5 * _cross_frame(attn, h, r1, None)[0],
+                       0.25 * _cross_frame(attn, h, r0, None)[1] + 0.75 * _cross_frame(attn, h, r1, None)[1]])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    assert not torch.allclose(half, only_a)
+    with pytest.raises(ValueError, match="weights"):
+        ED.BlendedAttention(unet).use((1.0, 0.0, 0.0))
+
+
+def test_slerp_ends_and_interpolate_shapes():
+    a, b = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    torch.testing.assert_close(ED.slerp(a, b, 0.0), a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ED.slerp(a, b, 1.0), b, atol=1e-5, rtol=0)
+    unet, _ = _class_unet(seed=4)
+    fl = torch.zeros(2, 2, 32, 32)
+    fl[:, 1] = 4.0
+    out = ED.interpolate(unet, a[:2], b[:2], fl, -fl, [0.0, 0.5, 1.0], steps=3, factor=4,
+                         generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 4, 8, 8) and torch.isfinite(out).all()

@@ -86,14 +86,24 @@ def edit_timesteps(steps: int, strength: float) -> torch.Tensor:
     return sched.timesteps[-k:]
 
 
+def _kwargs(c, n):
+    """Conditioning as U-Net keywords: a tensor is class labels; a dict is passed as is (batch-1 entries broadcast,
+    e.g. ``{"encoder_hidden_states": text_embedding}``)."""
+    if isinstance(c, dict):
+        return {k: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in c.items()}
+    return {"class_labels": c}
+
+
 def _eps(unet, x, t, labels, cfg, null):
     tt = torch.full((x.shape[0],), int(t), device=x.device)
     if labels is None:
         return unet(x, tt).sample
+    n = x.shape[0]
+    kw = _kwargs(labels, n)
     if cfg == 1.0:
-        return unet(x, tt, class_labels=labels).sample
-    both = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([torch.full_like(labels, null),
-                                                                                  labels])).sample
+        return unet(x, tt, **kw).sample
+    nkw = _kwargs(null if isinstance(null, dict) else torch.full_like(labels, null), n)
+    both = unet(torch.cat([x, x]), torch.cat([tt, tt]), **{k: torch.cat([nkw[k], kw[k]]) for k in kw}).sample
     u, c = both.chunk(2)
     return u + cfg * (c - u)
 
@@ -126,15 +136,23 @@ def ddim_generate(unet, z: torch.Tensor, timesteps, labels=None, cfg: float = 1.
 
 
 @torch.no_grad()
-def edit_latents(unet, z: torch.Tensor, steps: int, strength: float, edit_label: int, null: int = 0,
-                 cfg: float = 3.0, cfa_inversion: bool = True, cfa_generation: bool = True):
-    """Edit videos of latents z (V, F, C, h, w): inversion with the null class, generation with ``edit_label`` and
-    CFG; CFA anchored on each video's frame 0 in the stages where it is on. Returns (V, F, C, h, w)."""
+def edit_latents(unet, z: torch.Tensor, steps: int, strength: float, edit_label: int | dict = 2,
+                 null: int | dict = 0, cfg: float = 3.0, cfa_inversion: bool = True, cfa_generation: bool = True):
+    """Edit videos of latents z (V, F, C, h, w): inversion with the null condition, generation with the edit
+    condition and CFG; CFA anchored on each video's frame 0 in the stages where it is on. Returns (V, F, C, h, w).
+
+    Conditions are class indices (``edit_label``, ``null``) or, for text-conditional U-Nets, keyword dicts such as
+    ``{"encoder_hidden_states": embedding}`` with batch 1 (broadcast to every frame)."""
     v, nf = z.shape[:2]
     ts = edit_timesteps(steps, strength)
     flat = z.flatten(0, 1)  # [v0 f0..f(F-1), v1 f0.., ...]: V contiguous groups, one per reference
-    null_l = torch.full((v * nf,), null, device=z.device, dtype=torch.long)
-    edit_l = torch.full((v * nf,), edit_label, device=z.device, dtype=torch.long)
+    if isinstance(edit_label, dict) != isinstance(null, dict):
+        raise ValueError("edit_label and null must both be class indices or both keyword dicts")
+    if isinstance(null, dict):
+        null_l, edit_l = _Broadcast(null), _Broadcast(edit_label)
+    else:
+        null_l = torch.full((v * nf,), null, device=z.device, dtype=torch.long)
+        edit_l = torch.full((v * nf,), edit_label, device=z.device, dtype=torch.long)
     with EquivariantAttention(unet) as eq:
         if cfa_inversion:
             eq.record()
@@ -151,6 +169,13 @@ def edit_latents(unet, z: torch.Tensor, steps: int, strength: float, edit_label:
             eq.off()
         out = ddim_generate(unet, inv, ts, edit_l, cfg, null, steps)
     return out.reshape(z.shape)
+
+
+class _Broadcast(dict):
+    """A keyword dict that ignores slicing (its entries have batch 1 and broadcast)."""
+
+    def __getitem__(self, key):
+        return self if isinstance(key, slice) else super().__getitem__(key)
 
 
 def circular(model: nn.Module) -> nn.Module:

@@ -278,3 +278,49 @@ def test_slerp_ends_and_interpolate_shapes():
     out = ED.interpolate(unet, a[:2], b[:2], fl, -fl, [0.0, 0.5, 1.0], steps=3, factor=4,
                          generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 3, 4, 8, 8) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------------ text path (AF-SD)
+def test_text_path_end_to_end_on_a_saved_standin(tmp_path):
+    from afcore import text_video as TV
+    from afcore.surgery import patched_modules
+
+    import importlib.util
+
+    with_text = importlib.util.find_spec("transformers") is not None
+    TV.save_standin(tmp_path / "sd")
+    model = TV.load_text_model(str(tmp_path / "sd"), alias_free=True, with_text=with_text)
+    assert patched_modules(model["unet"])["Downsample2D"] >= 1
+    if with_text:
+        cond, uncond = TV.encode_prompt(model, ["a sepia photo"]), TV.encode_prompt(model, [""])
+    else:  # without transformers: prompt embeddings stand in for the CLIP encoder's output
+        g = torch.Generator().manual_seed(0)
+        cond, uncond = torch.randn(1, 8, 32, generator=g), torch.randn(1, 8, 32, generator=g)
+        with pytest.raises(ImportError, match="transformers"):
+            TV.load_text_model(str(tmp_path / "sd"))
+    assert cond.shape == (1, 8, 32) and not torch.allclose(cond, uncond)
+    frames = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = model["vae"].encode(frames).latent_dist.mean.reshape(1, 2, 4, 8, 8)
+    edited = ED.edit_latents(model["unet"], z, steps=4, strength=0.5, edit_label={"encoder_hidden_states": cond},
+                             null={"encoder_hidden_states": uncond}, cfg=3.0)
+    alone = ED.edit_latents(model["unet"], z[:, :1], steps=4, strength=0.5,
+                            edit_label={"encoder_hidden_states": cond}, null={"encoder_hidden_states": uncond},
+                            cfg=3.0)
+    assert edited.shape == z.shape and torch.isfinite(edited).all()
+    torch.testing.assert_close(edited[:, 0], alone[:, 0], atol=1e-5, rtol=0)  # CFG + CFA layout keeps frame 0
+    other = ED.edit_latents(model["unet"], z, steps=4, strength=0.5, edit_label={"encoder_hidden_states": uncond},
+                            null={"encoder_hidden_states": uncond}, cfg=3.0)
+    assert float((other - edited).abs().max()) > 1e-6  # the text condition reaches the output
+    with pytest.raises(ValueError, match="both"):
+        ED.edit_latents(model["unet"], z, steps=4, strength=0.5, edit_label={"encoder_hidden_states": cond}, null=0)
+
+
+def test_text_path_offline_error_names_the_parameter(monkeypatch):
+    from afcore import text_video as TV
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="video_sd_model"):
+        TV.load_text_model("stable-diffusion-v1-5/stable-diffusion-v1-5", local_files_only=True, with_text=False)
+    with pytest.raises(ValueError, match="video_sd_model"):
+        TV.load_text_model("")

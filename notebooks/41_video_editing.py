@@ -38,6 +38,9 @@ video_steps = 20
 video_cfg = 3.0
 video_frames = 8
 video_videos = 8
+video_sd_model = ""
+video_sd_alias_free = True
+video_sd_prompts = ["", "a sepia photo"]
 
 # %%
 import math
@@ -331,6 +334,56 @@ fig.tight_layout()
 save_figure(fig, "figures/41_video_editing/interpolation_strip.png")
 plt.show()
 
+# %% [markdown]
+# ## The text-conditional path (AF-SD)
+#
+# The same editing runs through a Stable-Diffusion-layout model (`UNet2DConditionModel` + VAE + CLIP text encoder)
+# with text conditions under classifier-free guidance, CFA on the self-attention layers and the text
+# cross-attention untouched (`afcore.text_video`). Set `video_sd_model` to a local folder or a hub id
+# (`stable-diffusion-v1-5/stable-diffusion-v1-5`, or AF-LDM's released alias-free weights, which need
+# `video_sd_alias_free: true` to re-apply the surgery); `standin` writes and uses a tiny random model of the same
+# layout (what the smoke profile does, to exercise the code); empty skips this section. Offline, a hub id fails with
+# a message naming `video_sd_model`. The prompts are `video_sd_prompts` = [inversion prompt, edit prompt].
+
+# %%
+text_path = None
+if video_sd_model:
+    import importlib.util
+
+    from afcore import text_video as TV
+
+    src = video_sd_model
+    if src == "standin":
+        src = str(TV.save_standin("checkpoints/video/sd_standin", seed=seed))
+    has_text = importlib.util.find_spec("transformers") is not None
+    sd = TV.load_text_model(src, alias_free=video_sd_alias_free, with_text=has_text)
+    sd["unet"].to(dev)
+    sd["vae"].to(dev)
+    if has_text:
+        sd["text_encoder"].to(dev)
+        uncond_e, cond_e = (TV.encode_prompt(sd, [p]) for p in video_sd_prompts)
+    else:  # no transformers: random prompt embeddings of the U-Net's width stand in (said in the output)
+        g = torch.Generator().manual_seed(seed)
+        dim = sd["unet"].config.cross_attention_dim
+        uncond_e, cond_e = (torch.randn(1, 8, dim, generator=g).to(dev) for _ in range(2))
+    sd_f = VAE.factor(sd["vae"])
+    with torch.no_grad():
+        zs = sd["vae"].encode(frames[:1].flatten(0, 1).to(dev)).latent_dist.mean * sd["vae"].config.scaling_factor
+        zs = zs.reshape(1, video_frames, *zs.shape[1:])
+    text_path = {}
+    for cfa in (False, True):
+        out = ED.edit_latents(sd["unet"], zs, video_steps, video_strength,
+                              edit_label={"encoder_hidden_states": cond_e},
+                              null={"encoder_hidden_states": uncond_e}, cfg=video_cfg,
+                              cfa_inversion=cfa, cfa_generation=cfa)
+        with torch.no_grad():
+            y = sd["vae"].decode(out.flatten(0, 1) / sd["vae"].config.scaling_factor).sample.clamp(-1, 1)
+        text_path[f"CFA {'on' if cfa else 'off'}"] = float(we_nb(y.reshape(1, video_frames, 3, S, S).cpu(),
+                                                                 back_img[:, :1]).mean())
+    text_path = {"model": video_sd_model, "alias_free": video_sd_alias_free, "text_encoder": has_text,
+                 "we_nb": text_path}
+text_path
+
 # %%
 std_cfa = next(r for r in results if r["row"] == "standard LDM + CFA")
 af_cfa = next(r for r in results if r["row"] == "AF-LDM + CFA")
@@ -350,6 +403,7 @@ summary = {
     "floor": floor,
     "positive_control_we_nb": positive_control,
     "interpolation": interp_rows,
+    "text_path": text_path,
     "train_seconds": train_seconds,
 }
 save_json(summary, "metrics/41_video_editing.json")

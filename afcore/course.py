@@ -165,13 +165,13 @@ def error_by_border_distance(err: torch.Tensor, mask: torch.Tensor | None = None
     counting only pixels inside ``mask``."""
     h, w = err.shape[-2:]
     e = err.to(torch.float64).reshape(-1, h, w).mean(0)
-    m = torch.ones(h, w, dtype=torch.float64) if mask is None else mask.to(torch.float64).reshape(-1, h, w)[0]
-    iy = torch.arange(h)[:, None]
-    ix = torch.arange(w)[None, :]
+    m = torch.ones(h, w, dtype=torch.float64, device="cpu") if mask is None else mask.to(torch.float64).reshape(-1, h, w)[0]
+    iy = torch.arange(h, device="cpu")[:, None]
+    ix = torch.arange(w, device="cpu")[None, :]
     dist = torch.minimum(torch.minimum(iy, h - 1 - iy), torch.minimum(ix, w - 1 - ix))
     n = min(h, w) // 2
-    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, dist.flatten(), (e * m).flatten())
-    counts = torch.zeros(n, dtype=torch.float64).index_add_(0, dist.flatten(), m.flatten())
+    sums = torch.zeros(n, dtype=torch.float64, device="cpu").index_add_(0, dist.flatten(), (e * m).flatten())
+    counts = torch.zeros(n, dtype=torch.float64, device="cpu").index_add_(0, dist.flatten(), m.flatten())
     return np.arange(n), (sums / counts.clamp(min=1)).numpy()
 
 

@@ -307,12 +307,12 @@ def interpolate(unet, za: torch.Tensor, zb: torch.Tensor, flow_ab: torch.Tensor,
     p, alphas = za.shape[0], [float(a) for a in alphas]
     lab = labels if labels is not None else torch.zeros(p, dtype=torch.long, device=za.device)
     inv_a, inv_b = ddim_invert(unet, za, ts, lab), ddim_invert(unet, zb, ts, lab)
-    fill = torch.randn((p, za.shape[1]) + tuple(flow_ab.shape[-2:]), generator=generator).to(za)
+    fill = torch.randn((p, za.shape[1]) + tuple(flow_ab.shape[-2:]), generator=generator, device="cpu").to(za)
     lat = []
     for a in alphas:
         wa = splat_latent(inv_a, a * flow_ab, factor, fill)
         wb = splat_latent(inv_b, (1 - a) * flow_ba, factor, fill)
-        lat.append(slerp(wa, wb, torch.full((p,), a)) if blend else wb)
+        lat.append(slerp(wa, wb, torch.full((p,), a, device=za.device)) if blend else wb)
     z = torch.stack(lat, 1).flatten(0, 1)  # [pair0 alphas..., pair1 alphas...]
     labs = lab.repeat_interleave(len(alphas))
     with BlendedAttention(unet) as att:

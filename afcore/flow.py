@@ -236,7 +236,7 @@ def motion(kind: str, size: int, generator: torch.Generator | None = None, **kw)
     if kind not in MOTIONS:
         raise ValueError(f"motion kind must be one of {MOTIONS}, got {kind!r}")
     g = generator
-    r = lambda: float(torch.rand((), generator=g))  # noqa: E731
+    r = lambda: float(torch.rand((), generator=g, device="cpu"))  # noqa: E731
     params = {"centre": ((size - 1) / 2, (size - 1) / 2)}
     if kind == "pan":
         if "velocity" not in kw:
@@ -304,9 +304,9 @@ def _photo(name: str, side: int, generator: torch.Generator | None) -> torch.Ten
     img = torch.from_numpy(natural_images((name,))[0]).permute(2, 0, 1)[None].float()
     h, w = img.shape[-2:]
     s = min(h, w)
-    crop = int(s * (0.6 + 0.4 * float(torch.rand((), generator=generator))))
-    y0 = int(torch.randint(0, h - crop + 1, (1,), generator=generator))
-    x0 = int(torch.randint(0, w - crop + 1, (1,), generator=generator))
+    crop = int(s * (0.6 + 0.4 * float(torch.rand((), generator=generator, device="cpu"))))
+    y0 = int(torch.randint(0, h - crop + 1, (1,), generator=generator, device="cpu"))
+    x0 = int(torch.randint(0, w - crop + 1, (1,), generator=generator, device="cpu"))
     img = img[..., y0:y0 + crop, x0:x0 + crop]
     return F.interpolate(img, size=(side, side), mode="area" if side < crop else "bicubic",
                          align_corners=None if side < crop else False) * 2 - 1
@@ -318,7 +318,7 @@ def render(source: torch.Tensor, m: Motion, frames: int, size: int, supersample:
     n = supersample
     side = source.shape[-1]
     off = (side / n - size) / 2  # frame-0 pixel p sits at source frame coordinate p + off
-    sub = (torch.arange(size * n, dtype=torch.float64) + 0.5) / n - 0.5
+    sub = (torch.arange(size * n, dtype=torch.float64, device="cpu") + 0.5) / n - 0.5
     p = torch.stack(torch.meshgrid(sub, sub, indexing="ij"))[None]
     out = []
     for j in range(frames):

@@ -65,15 +65,16 @@ class RFFNoise:
                              f"{length_scale}, {truncation}")
         self.batch, self.channels, self.features, self.chunk, self.dtype = batch, channels, features, chunk, dtype
         n = batch * channels * features
-        z = torch.empty(0, 2, dtype=torch.float64)
+        z = torch.empty(0, 2, dtype=torch.float64, device="cpu")
         while len(z) < n:  # rejection sampling of the truncated Gaussian (truncation 2: ~86 % accepted)
-            cand = torch.randn(2 * n, 2, generator=generator, dtype=torch.float64)
+            cand = torch.randn(2 * n, 2, generator=generator, dtype=torch.float64, device="cpu")
             z = torch.cat([z, cand[cand.norm(dim=1) <= truncation]])
         dev = device if device is not None else "cpu"
         self.z = (z[:n] / length_scale).reshape(batch, channels * features, 2).to(dev, dtype)
         self.b = (2 * math.pi * torch.rand(batch, channels * features, generator=generator,
-                                           dtype=torch.float64)).to(dev, dtype)
-        self.w = torch.randn(batch, channels, features, generator=generator, dtype=torch.float64).to(dev, dtype)
+                                           dtype=torch.float64, device="cpu")).to(dev, dtype)
+        self.w = torch.randn(batch, channels, features, generator=generator, dtype=torch.float64,
+                             device="cpu").to(dev, dtype)
         self.w = self.w * math.sqrt(2 / features)
 
     def __call__(self, pos: torch.Tensor | None = None, grid_size=None) -> torch.Tensor:
@@ -171,7 +172,7 @@ def noise_video(method: str, shape, to_first: torch.Tensor, prev_flows: torch.Te
     def draw():
         if gp:
             return RFFNoise(b, c, length_scale, rff_features, rff_truncation, generator, dev)(grid_size=(h, w))
-        return torch.randn(b, c, h, w, generator=generator, dtype=torch.float32).to(dev) \
+        return torch.randn(b, c, h, w, generator=generator, dtype=torch.float32, device="cpu").to(dev) \
             if generator is not None and generator.device != torch.device(dev) else \
             torch.randn(b, c, h, w, generator=generator, device=dev)
 

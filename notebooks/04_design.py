@@ -300,7 +300,8 @@ class SmallNet(nn.Module):
         self.convs = nn.ModuleList()
         for cin, cout in [(3, width), (width, width), (width, 3)]:
             conv = nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding, dtype=torch.float64)
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, dtype=torch.float64) / np.sqrt(cin * 4.5))
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, dtype=torch.float64, device="cpu")
+                              / np.sqrt(cin * 4.5))
             conv.bias.zero_()
             self.convs.append(conv)
         filt = dict(method="ideal") if method == "ideal" else dict(method="kaiser", numtaps=taps, beta=8.0,
@@ -410,8 +411,8 @@ half25 = 12
 per_phase = [sum(1 for j in range(-10, 11) if 0 <= half25 + p + 4 * j < 25) for p in range(4)]
 print("taps per phase:", per_phase, "instead of 25")
 assert sum(per_phase) == 25 and max(per_phase) <= 7
-xa = torch.randn(3, 16, dtype=torch.float64)
-za = torch.zeros(3, 64, dtype=torch.float64)
+xa = torch.randn(3, 16, dtype=torch.float64, device="cpu")
+za = torch.zeros(3, 64, dtype=torch.float64, device="cpu")
 za[:, ::4] = xa
 direct = torch.stack([sum(taps25[j] * torch.roll(za, j - half25, -1) for j in range(25))]).squeeze(0) * 4
 assert torch.allclose(course.polyphase_upsample(xa, taps25, 4), direct, atol=1e-12)

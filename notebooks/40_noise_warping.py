@@ -112,7 +112,7 @@ def make_videos(table):
         photo = HELD_OUT[i % len(HELD_OUT)]
         if table == "T2":  # integer translation: 1 latent pixel (4 image px) per axis and frame, compass direction
             g = torch.Generator().manual_seed(seed + 100 + i)
-            dy, dx = COMPASS[int(torch.randint(0, 8, (1,), generator=g))]
+            dy, dx = COMPASS[int(torch.randint(0, 8, (1,), generator=g, device="cpu"))]
             vids.append(FL.synthetic_video("pan", S, warp_frames, photo, seed=seed + 100 + i,
                                            velocity=(4.0 * dy, 4.0 * dx)))
         else:
@@ -250,7 +250,7 @@ plt.show()
 
 # %%
 g = torch.Generator().manual_seed(seed)
-white = torch.randn(1, 1, 64, 64, generator=g)
+white = torch.randn(1, 1, 64, 64, generator=g, device="cpu")
 gp = NW.RFFNoise(1, 1, features=warp_rff_features, truncation=warp_rff_truncation, generator=g)(grid_size=(64, 64))
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.5))
 for ax, im, t in zip(axes, (white, gp), ("white noise", f"GP noise (l = 2/pi px, J = {warp_rff_features})")):
@@ -376,7 +376,7 @@ def train_model(kind, steps, start=None):
 
     def get_batch(step):
         g = torch.Generator().manual_seed(seed * 100003 + step + (7 if kind == "gp" else 0))
-        i = torch.randint(0, len(z_train), (warp_batch,), generator=g)
+        i = torch.randint(0, len(z_train), (warp_batch,), generator=g, device="cpu")
         return z_train[i], c_train[i], g.initial_seed()
 
     def loss_fn(model, batch, step):
@@ -485,7 +485,7 @@ def run_table(table):
     for (model, guided, steps), group in groups.items():
         noise = torch.cat([noises_for(j[2], v) for j in group], 1).to(dev)
         cond = conds.repeat(1, len(group), 1, 1, 1).to(dev)
-        lam = torch.cat([torch.full((b,), float(j[3] or 0.0)) for j in group]).to(dev) if guided else None
+        lam = torch.cat([torch.full((b,), float(j[3] or 0.0), device=dev) for j in group]).to(dev) if guided else None
         t0 = time.perf_counter()
         out = VID.sample_video(models[model], noise, cond, steps, guidance=lam,
                                prev_flows=lat_prev.repeat(1, len(group), 1, 1, 1).to(dev) if guided else None,

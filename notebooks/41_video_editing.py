@@ -115,10 +115,10 @@ def finetune(name):
 
     def get_batch(step):
         g = torch.Generator().manual_seed(seed * 100003 + step)
-        i = torch.randint(0, len(z_photo), (video_batch,), generator=g)
-        label = 1 + (torch.rand(video_batch, generator=g) < 0.5).long()  # half photo (1), half sepia (2)
+        i = torch.randint(0, len(z_photo), (video_batch,), generator=g, device="cpu")
+        label = 1 + (torch.rand(video_batch, generator=g, device="cpu") < 0.5).long()  # half photo (1), half sepia (2)
         z = torch.where((label == 2)[:, None, None, None], z_sepia[i], z_photo[i])
-        label = torch.where(torch.rand(video_batch, generator=g) < video_label_dropout, 0, label)
+        label = torch.where(torch.rand(video_batch, generator=g, device="cpu") < video_label_dropout, 0, label)
         return z, label, g.initial_seed()
 
     def loss_fn(model, batch, step):
@@ -268,7 +268,7 @@ def control(circ):
         z = vae_c.encode(clip.flatten(0, 1)).latent_dist.mean.reshape(1, video_frames, 4, S // 4, S // 4)
         out = ED.edit_latents(unet_c, z, video_steps, video_strength, edit_label=2, cfg=video_cfg)
         y = vae_c.decode(out.flatten(0, 1)).sample.reshape(clip.shape).cpu()
-    back = torch.zeros(video_frames - 1, 1, 2, S, S)
+    back = torch.zeros(video_frames - 1, 1, 2, S, S, device="cpu")
     back[:, :, 1] = -8.0
     return float(we_nb(y, back).mean())
 
@@ -365,7 +365,7 @@ if video_sd_model:
     else:  # no transformers: random prompt embeddings of the U-Net's width stand in (said in the output)
         g = torch.Generator().manual_seed(seed)
         dim = sd["unet"].config.cross_attention_dim
-        uncond_e, cond_e = (torch.randn(1, 8, dim, generator=g).to(dev) for _ in range(2))
+        uncond_e, cond_e = (torch.randn(1, 8, dim, generator=g, device="cpu").to(dev) for _ in range(2))
     sd_f = VAE.factor(sd["vae"])
     with torch.no_grad():
         zs = sd["vae"].encode(frames[:1].flatten(0, 1).to(dev)).latent_dist.mean * sd["vae"].config.scaling_factor

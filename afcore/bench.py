@@ -15,8 +15,9 @@ Two parts, each a set of cases timed in the same run and reported as ratios to t
 
 Timing: cases are run round-robin (every case once per round, ``--rounds`` rounds after a warm-up) and each keeps
 its fastest round: on a shared machine the minimum is the least disturbed measurement and the ratios compare cases
-measured under the same conditions. On a CPU the times are the process's CPU time (all threads), which other jobs on
-a shared machine inflate far less than wall time (also recorded); CUDA timings are synchronised wall time. The JSON records the device, torch and scale.
+measured under the same conditions. On a CPU the times are CPU time (the thread's with ``--threads 1``, else the process's),
+which other jobs on a shared machine inflate far less than wall time (also recorded); CUDA timings are synchronised
+wall time. The committed CPU numbers were taken with ``--threads 1`` on a 2-core machine shared with other jobs. The JSON records the device, torch and scale.
 ``--scale cpu`` (default on CPU) uses the cpu profile's model sizes, ``--scale gpu`` (default on CUDA) the sizes
 quoted in issue 12 (Config base 32 / 3 levels / batch 64, VAE 128-256-512-512 at 256 px / batch 8, LDM
 192-384-384-768 on 32x32 latents / batch 32).
@@ -58,6 +59,12 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _cpu_clock() -> float:
+    """CPU time of this thread when torch runs single-threaded (exact), else of the process (OpenMP workers that
+    spin while waiting inflate it under contention: prefer ``--threads 1`` on a shared machine)."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
+
+
 def _interleaved(fns: dict, rounds: int, device) -> dict:
     """Fastest of ``rounds`` round-robin runs of every callable, in seconds (one warm-up round first).
 
@@ -68,12 +75,12 @@ def _interleaved(fns: dict, rounds: int, device) -> dict:
     for r in range(rounds + 1):
         for name, fn in fns.items():
             _sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = time.perf_counter(), _cpu_clock()
             fn()
             _sync(device)
             if r:
                 wall[name] = min(wall[name], time.perf_counter() - t0)
-                best[name] = min(best[name], time.process_time() - c0)
+                best[name] = min(best[name], _cpu_clock() - c0)
     if device.type == "cuda":
         best = dict(wall)
     best["_wall"] = wall
@@ -300,9 +307,12 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     parser.add_argument("--scale", default=None, choices=sorted(LAYER_SHAPES), help="sizes (default: by device)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="default metrics/bench_signal.json (cpu) or "
                                                     "metrics/bench_signal_<device type>.json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = run(args.device, args.scale, args.rounds)
     report["wall_s"] = time.perf_counter() - report.pop("_t0")
     out = args.out or str(REPO_ROOT / "metrics" / ("bench_signal.json" if report["device_type"] == "cpu"

@@ -15,7 +15,9 @@ Two parts, each a set of cases timed in the same run and reported as ratios to t
 
 Timing: cases are run round-robin (every case once per round, ``--rounds`` rounds after a warm-up) and each keeps
 its fastest round: on a shared machine the minimum is the least disturbed measurement and the ratios compare cases
-measured under the same conditions. CUDA timings are synchronised. The JSON records the device, torch and scale.
+measured under the same conditions. On a CPU the times are CPU time (the thread's with ``--threads 1``, else the process's),
+which other jobs on a shared machine inflate far less than wall time (also recorded); CUDA timings are synchronised
+wall time. The committed CPU numbers were taken with ``--threads 1`` on a 2-core machine shared with other jobs. The JSON records the device, torch and scale.
 ``--scale cpu`` (default on CPU) uses the cpu profile's model sizes, ``--scale gpu`` (default on CUDA) the sizes
 quoted in issue 12 (Config base 32 / 3 levels / batch 64, VAE 128-256-512-512 at 256 px / batch 8, LDM
 192-384-384-768 on 32x32 latents / batch 32).
@@ -57,17 +59,31 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _cpu_clock() -> float:
+    """CPU time of this thread when torch runs single-threaded (exact), else of the process (OpenMP workers that
+    spin while waiting inflate it under contention: prefer ``--threads 1`` on a shared machine)."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
+
+
 def _interleaved(fns: dict, rounds: int, device) -> dict:
-    """Fastest of ``rounds`` round-robin runs of every callable, in seconds (one warm-up round first)."""
+    """Fastest of ``rounds`` round-robin runs of every callable, in seconds (one warm-up round first).
+
+    CUDA: synchronised wall time. CPU: the process's CPU time (all threads), which a machine shared with other jobs
+    inflates far less than wall time (a descheduled process accrues none); the wall times are kept in ``_wall``."""
     best = {k: float("inf") for k in fns}
+    wall = dict(best)
     for r in range(rounds + 1):
         for name, fn in fns.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu_clock()
             fn()
             _sync(device)
             if r:
-                best[name] = min(best[name], time.perf_counter() - t0)
+                wall[name] = min(wall[name], time.perf_counter() - t0)
+                best[name] = min(best[name], _cpu_clock() - c0)
+    if device.type == "cuda":
+        best = dict(wall)
+    best["_wall"] = wall
     return best
 
 
@@ -148,6 +164,7 @@ def bench_layers(device, shapes, rounds: int) -> list[dict]:
             base = plain or name
             base_key = base
             row = {"shape": list(shape), "case": name, "impl": impl or "plain",
+                   "fwd_wall_ms": t_fwd["_wall"][key] * 1e3, "fwd_bwd_wall_ms": t_fb["_wall"][key] * 1e3,
                    "fwd_ms": t_fwd[key] * 1e3, "fwd_bwd_ms": t_fb[key] * 1e3, "memory_bytes": mem[key],
                    "fwd_ratio_to_plain": t_fwd[key] / t_fwd[base_key],
                    "fwd_bwd_ratio_to_plain": t_fb[key] / t_fb[base_key],
@@ -240,9 +257,11 @@ def bench_models(device, sizes, rounds: int) -> list[dict]:
             return run
 
         times = _interleaved({k: step(k) for k in models}, rounds, device)
+        wall = times.pop("_wall")
         mem = {k: _memory(step(k), device) for k in models}
         rows.append({"pair": key, "what": what, "size": sizes[key],
                      **{f"{k}_step_ms": v * 1e3 for k, v in times.items()},
+                     **{f"{k}_step_wall_ms": v * 1e3 for k, v in wall.items()},
                      **{f"{k}_memory_bytes": v for k, v in mem.items()},
                      "time_ratio": times["af"] / times["plain"], "time_ratio_ref": times["af_ref"] / times["plain"],
                      "memory_ratio": mem["af"] / max(mem["plain"], 1),
@@ -263,7 +282,8 @@ def run(device: str = "auto", scale: str | None = None, rounds: int = 3) -> dict
     layer_rows = bench_layers(dev, LAYER_SHAPES[scale], rounds)
     model_rows = bench_models(dev, MODELS[scale], rounds)
     return {
-        "what": ("fastest of `rounds` interleaved rounds (wall time, ms) per call, float32; ratios to the plain layer "
+        "what": ("fastest of `rounds` interleaved rounds per call, float32, in ms of process CPU time on a CPU (all "
+                 "threads; *_wall_ms: wall time) and synchronised wall time on CUDA; ratios to the plain layer "
                  "or model measured in the same run; memory: CUDA peak allocated during forward+backward, CPU bytes "
                  "saved for backward (layers: memory_over_input = memory / bytes of the input); fraction_of_memory_bound_limit = time(x.clone()) / time(fused op)"),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or
@@ -287,9 +307,12 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     parser.add_argument("--scale", default=None, choices=sorted(LAYER_SHAPES), help="sizes (default: by device)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="default metrics/bench_signal.json (cpu) or "
                                                     "metrics/bench_signal_<device type>.json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = run(args.device, args.scale, args.rounds)
     report["wall_s"] = time.perf_counter() - report.pop("_t0")
     out = args.out or str(REPO_ROOT / "metrics" / ("bench_signal.json" if report["device_type"] == "cpu"

@@ -180,7 +180,8 @@ class _Broadcast(dict):
 
 def circular(model: nn.Module) -> nn.Module:
     """Every padded Conv2d pads circularly, including the alias-free down-sampler's stride-1 conv (in place)."""
-    from afcore.surgery import _downsample_cls, _ideal_down2
+    from afcore.layers import ideal_down2
+    from afcore.surgery import _downsample_cls
 
     _, af_down = _downsample_cls()
 
@@ -192,7 +193,7 @@ def circular(model: nn.Module) -> nn.Module:
                 p = self.conv.kernel_size[0] // 2
                 hidden_states = F.conv2d(F.pad(hidden_states, (p, p, p, p), mode="circular"), self.conv.weight,
                                          self.conv.bias)
-            return _ideal_down2(hidden_states)
+            return ideal_down2(hidden_states, self.af_impl, getattr(self, "af_nyquist", "zero"))
 
     for m in model.modules():
         if type(m) is af_down:

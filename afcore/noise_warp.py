@@ -103,7 +103,8 @@ def conditional_upsample(noise: torch.Tensor, factor: int = 8, generator: torch.
     b, c, h, w = noise.shape
     z = torch.randn(b, c, h, factor, w, factor, generator=generator, device=noise.device, dtype=noise.dtype) \
         if generator is None or generator.device == noise.device else \
-        torch.randn(b, c, h, factor, w, factor, generator=generator, dtype=noise.dtype).to(noise.device)
+        torch.randn(b, c, h, factor, w, factor, generator=generator, dtype=noise.dtype,
+                    device=generator.device).to(noise.device)
     z = z - z.mean(dim=(3, 5), keepdim=True)
     return (noise[:, :, :, None, :, None] / factor + z).reshape(b, c, h * factor, w * factor)
 
@@ -111,7 +112,7 @@ def conditional_upsample(noise: torch.Tensor, factor: int = 8, generator: torch.
 def _randn_like(x, generator):
     if generator is None or generator.device == x.device:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
 
 
 def integral_warp(noise: torch.Tensor, flow: torch.Tensor, factor: int = 8,

@@ -25,6 +25,10 @@ from afcore import flow as FL
 from afcore.ldm import make_scheduler
 from afcore.noise_warp import RFFNoise
 
+# Stable Diffusion's scaled-linear schedule (0.00085..0.012): the schedule Warped Diffusion's latent models use and the
+# one this module's guidance step was tuned with; training (notebook 40) and sampling share it
+SCHEDULE = "sd"
+
 __all__ = ["degrade_sr", "sr_unet", "sr_loss", "sample_video", "warp_errors", "restoration"]
 
 
@@ -53,7 +57,8 @@ def sr_unet(channels=(32, 64, 64), latent_channels: int = 4, sample_size: int = 
 
 def _noise(shape, kind, generator, device, features, truncation):
     if kind == "indep":
-        return torch.randn(shape, generator=generator).to(device)
+        src = generator.device if generator is not None else device  # a generator on the device: no copy
+        return torch.randn(shape, generator=generator, device=src).to(device)
     if kind == "gp":
         b, c, h, w = shape
         return RFFNoise(b, c, features=features, truncation=truncation, generator=generator)(grid_size=(h, w)) \
@@ -64,7 +69,9 @@ def _noise(shape, kind, generator, device, features, truncation):
 def sr_loss(unet, z0, cond, scheduler, generator, noise: str = "indep", rff_features: int = 1000,
             rff_truncation: float = 2.0):
     """Epsilon MSE of the conditional U-Net on white (``indep``) or GP noise; returns (loss, logs)."""
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator).to(z0.device)
+    src = generator.device if generator is not None else z0.device
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator,
+                      device=src).to(z0.device)
     eps = _noise(z0.shape, noise, generator, z0.device, rff_features, rff_truncation)
     x_t = scheduler.add_noise(z0, eps, t)
     loss = F.mse_loss(unet(torch.cat([x_t, cond], 1), t).sample, eps)
@@ -82,7 +89,7 @@ def sample_video(unet, noises: torch.Tensor, conds: torch.Tensor, steps: int = 2
         raise ValueError(f"guidance_norm must be 'dps' or 'none', got {guidance_norm!r}")
     if guidance is not None and prev_flows is None:
         raise ValueError("guidance needs prev_flows (forward flows j-1 -> j, (T-1, B, 2, h, w))")
-    scheduler = make_scheduler("ddim")
+    scheduler = make_scheduler("ddim", schedule=SCHEDULE)
     scheduler.set_timesteps(steps)
     acp = scheduler.alphas_cumprod.to(noises.device)
     t_frames, b = noises.shape[:2]

@@ -180,7 +180,7 @@ gray = skimage.color.rgb2gray(photo) if photo.ndim == 3 else photo / 255.0
 s0 = (gray.shape[0] - zone_plate_size) // 2
 gray = torch.tensor(gray[s0:s0 + zone_plate_size, s0:s0 + zone_plate_size], dtype=torch.float32) * 2 - 1
 photo_naive = gray[::decimation, ::decimation]
-photo_filtered = signal.downsample(gray, decimation, method="ideal")
+photo_filtered = signal.downsample(gray, decimation, method="ideal", nyquist="half")  # split-Nyquist: Parseval below
 
 
 def log_spectrum(x):

@@ -372,7 +372,7 @@ def train_model(kind, steps, start=None):
     unet = VID.sr_unet(tuple(warp_channels), LAT[0], LAT[-1])
     if start is not None:
         unet.load_state_dict(start[1].state_dict())
-    sched = ldm.make_scheduler("ddpm")
+    sched = ldm.make_scheduler("ddpm", schedule=VID.SCHEDULE)
 
     def get_batch(step):
         g = torch.Generator().manual_seed(seed * 100003 + step + (7 if kind == "gp" else 0))

@@ -24,7 +24,8 @@ import yaml
 from afcore.utils import REPO_ROOT, pick_device
 
 
-def _run(cmd, cwd, env, timeout=3000):
+def run_checked(cmd, cwd, env, timeout=3000):
+    """Run ``cmd``; on failure raise with the tail of its output (the tests use it too)."""
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-6000:]}\n{out.stderr[-6000:]}")
@@ -44,8 +45,8 @@ def prepare(root: Path, device: str = "cpu") -> dict:
     env = dict(os.environ)
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONPATH=str(root),
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="Agg", AFCORE_DEVICE_GUARD="1")
-    _run(["git", "init", "-q"], root, env)
-    _run([sys.executable, "-m", "afcore.params", "use", "smoke"], root, env)
+    run_checked(["git", "init", "-q"], root, env)
+    run_checked([sys.executable, "-m", "afcore.params", "use", "smoke"], root, env)
     if device != "cpu":
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["base"]["device"] = device
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     try:
         env = prepare(root, args.device)
         t0 = time.perf_counter()
-        out = _run(["dvc", "repro", *args.targets], root, env)
+        out = run_checked(["dvc", "repro", *args.targets], root, env)
         stages = [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")]
         print(f"smoke pipeline on {args.device}: {len(stages)} stages ran in {time.perf_counter() - t0:.0f} s")
         print("\n".join(f"  {s}" for s in stages))

@@ -5,8 +5,6 @@ Never touches the user's params.yaml: the copy gets its own, written by `python 
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,20 +15,13 @@ from afcore.utils import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd, cwd, env, timeout=3000):
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-6000:]}\n{out.stderr[-6000:]}")
-    return out
-
-
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory):
     """The same preparation as `python -m afcore.smoke` (and `make smoke-gpu`): a copy with the smoke profile,
     no dvc.lock, offline hubs, and the device guard on (a tensor factory without device= in our code fails)."""
     root = tmp_path_factory.mktemp("pipeline")
     env = smoke.prepare(root, device="cpu")
-    first = _run(["dvc", "repro"], root, env).stdout
+    first = smoke.run_checked(["dvc", "repro"], root, env).stdout
     return root, env, first
 
 
@@ -73,15 +64,15 @@ def _assert_finite_numbers(node, where):
 
 def test_second_repro_runs_nothing(smoke_repo):
     root, env, _ = smoke_repo
-    again = _run(["dvc", "repro"], root, env).stdout
+    again = smoke.run_checked(["dvc", "repro"], root, env).stdout
     assert "Running stage" not in again, again
-    status = _run(["dvc", "status"], root, env).stdout
+    status = smoke.run_checked(["dvc", "status"], root, env).stdout
     assert "up to date" in status, status
 
 
 def test_metrics_and_plots_show(smoke_repo):
     root, env, _ = smoke_repo
-    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env).stdout)
+    shown = json.loads(smoke.run_checked(["dvc", "metrics", "show", "--json"], root, env).stdout)
     assert shown
-    plots = _run(["dvc", "plots", "show", "-o", str(root / "plots_out")], root, env)
+    plots = smoke.run_checked(["dvc", "plots", "show", "-o", str(root / "plots_out")], root, env)
     assert (root / "plots_out" / "index.html").exists(), plots.stdout

@@ -12,6 +12,12 @@
   ``r = M (warp(x0_j) - x0_{j-1})``, and the DDIM update is corrected by ``- lambda grad_{x_t} |r|^2 / |r|`` (the
   DPS-style normalisation; ``guidance_norm="none"`` drops the division). The stored prediction of frame j is the
   one *before* its correction. lambda = 0 takes exactly the unguided path's values.
+  ``guidance_target="previous"`` (beyond the paper) instead warps frame j-1's stored prediction onto frame j's grid
+  with the backward flow j -> j-1 and compares it with the current prediction, ``r = M (x0_j - warp(x0_{j-1}))``.
+  Why it exists: a bilinear warp by a fractional offset delta is a low-pass (gain |1 - 2 delta| at Nyquist), so the
+  paper's residual can only vanish if x0_j carries *boosted* high frequencies, and the next frame must then match
+  that boosted frame: under sub-pixel motion the boost compounds along the chain (notebook 40 measures it). Warping
+  the stored target instead never asks for a boost; the price is the opposite drift, a little blur per frame.
 - ``warp_errors`` / ``restoration``: the metrics of the stage (warping error against the first and the previous
   frame; PSNR, SSIM, MSE).
 """
@@ -29,7 +35,7 @@ from afcore.noise_warp import RFFNoise
 # one this module's guidance step was tuned with; training (notebook 40) and sampling share it
 SCHEDULE = "sd"
 
-__all__ = ["degrade_sr", "sr_unet", "sr_loss", "sample_video", "warp_errors", "restoration"]
+__all__ = ["degrade_sr", "sr_unet", "sr_loss", "sample_video", "warp_errors", "restoration", "GUIDANCE_TARGETS"]
 
 
 def degrade_sr(x: torch.Tensor, factor: int = 4) -> torch.Tensor:
@@ -78,17 +84,26 @@ def sr_loss(unet, z0, cond, scheduler, generator, noise: str = "indep", rff_feat
     return loss, {"diffusion": loss.item()}
 
 
+GUIDANCE_TARGETS = ("current", "previous")
+
+
 def sample_video(unet, noises: torch.Tensor, conds: torch.Tensor, steps: int = 25, guidance=None,
-                 prev_flows: torch.Tensor | None = None, guidance_norm: str = "dps", progress: bool = False):
+                 prev_flows: torch.Tensor | None = None, guidance_norm: str = "dps", progress: bool = False,
+                 guidance_target: str = "current", back_flows: torch.Tensor | None = None):
     """DDIM (eta 0) for every frame: ``noises``, ``conds`` (T, B, C, h, w); returns the final latents (T, B, C, h, w).
 
     ``guidance``: None (plain sampling) or lambda, a float or a (B,) tensor (one per video), with ``prev_flows``
-    (T-1, B, 2, h, w) the forward flows j-1 -> j on the latent grid.
+    (T-1, B, 2, h, w) the forward flows j-1 -> j on the latent grid. ``guidance_target``: "current" (the paper: warp
+    the current prediction) or "previous" (warp the stored one; needs ``back_flows``, the flows j -> j-1).
     """
     if guidance_norm not in ("dps", "none"):
         raise ValueError(f"guidance_norm must be 'dps' or 'none', got {guidance_norm!r}")
-    if guidance is not None and prev_flows is None:
+    if guidance_target not in GUIDANCE_TARGETS:
+        raise ValueError(f"guidance_target must be one of {list(GUIDANCE_TARGETS)}, got {guidance_target!r}")
+    if guidance is not None and guidance_target == "current" and prev_flows is None:
         raise ValueError("guidance needs prev_flows (forward flows j-1 -> j, (T-1, B, 2, h, w))")
+    if guidance is not None and guidance_target == "previous" and back_flows is None:
+        raise ValueError("guidance_target='previous' needs back_flows (flows j -> j-1, (T-1, B, 2, h, w))")
     scheduler = make_scheduler("ddim", schedule=SCHEDULE)
     scheduler.set_timesteps(steps)
     acp = scheduler.alphas_cumprod.to(noises.device)
@@ -108,8 +123,12 @@ def sample_video(unet, noises: torch.Tensor, conds: torch.Tensor, steps: int = 2
                 a = acp[int(t)]
                 x0 = (xg - (1 - a).sqrt() * eps) / a.sqrt()
                 if guide:
-                    warped, inside = FL.backward_warp(x0, prev_flows[j - 1])
-                    r = inside * (warped - prev_x0[i])
+                    if guidance_target == "current":
+                        warped, inside = FL.backward_warp(x0, prev_flows[j - 1])
+                        r = inside * (warped - prev_x0[i])
+                    else:
+                        target, inside = FL.backward_warp(prev_x0[i], back_flows[j - 1])
+                        r = inside * (x0 - target)
                     norm = r.flatten(1).norm(dim=1)
                     grad, = torch.autograd.grad((norm ** 2).sum(), xg)
             x_new = scheduler.step(eps.detach(), t, x, eta=0.0).prev_sample

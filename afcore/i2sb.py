@@ -208,12 +208,14 @@ def image_shift_consistency(unet, hr, sched: dict, deltas, encode, decode, degra
                             generator: torch.Generator | None = None) -> dict:
     """Integer image shifts of the clean image before degradation: for every delta (dy, dx) in ``deltas`` (image px)
     roll HR circularly, degrade, encode, SR, decode. Returns [shift, sample] tensors ``spsnr`` (against T_delta of the
-    unshifted SR, on the non-wrapped region, peak 2) and ``psnr_hr`` (against the rolled HR, same region, peak 2),
-    and ``psnr_hr_ref`` [sample] (the unshifted SR against HR). Stochastic noises shifted by delta / factor as in
+    unshifted SR, on the non-wrapped region, peak 2) and ``psnr_hr`` (the output rolled back by -delta against HR,
+    on the pixels no delta wrapped around, peak 2: its spread over delta is the flicker), and ``psnr_hr_ref``
+    [sample] (the unshifted SR against HR, whole image). Stochastic noises shifted by delta / factor as in
     ``sr_shift_consistency``; CFA anchored on the unshifted run."""
     noises = None
     context = EquivariantAttention(unet) if cfa else contextlib.nullcontext()
-    spsnr, psnr_hr = [], []
+    spsnr, back = [], []
+    common = torch.ones(hr.shape[-2:], device=hr.device, dtype=hr.dtype)
     with context as eq:
         if cfa:
             eq.record()
@@ -233,7 +235,11 @@ def image_shift_consistency(unet, hr, sched: dict, deltas, encode, decode, degra
             mask = valid_mask(hr.shape[-2:], dlt, device=hr.device)
             spsnr.append(metrics.psnr(y, torch.roll(ref, tuple(int(v) for v in dlt), dims=(-2, -1)), mask,
                                       peak=2.0, per_sample=True))
-            psnr_hr.append(metrics.psnr(y, shifted, mask, peak=2.0, per_sample=True))
+            back.append(torch.roll(y, tuple(-int(v) for v in dlt), dims=(-2, -1)))
+            common = common * torch.roll(mask, tuple(-int(v) for v in dlt), dims=(-2, -1))
+    # against HR on the region that no shift wrapped around: a fixed region, so an exactly equivariant model has
+    # the same PSNR at every shift (flicker 0)
+    psnr_hr = [metrics.psnr(y, hr, common, peak=2.0, per_sample=True) for y in back]
     return {"spsnr": torch.stack(spsnr), "psnr_hr": torch.stack(psnr_hr), "psnr_hr_ref": ref_hr}
 
 

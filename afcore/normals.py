@@ -34,7 +34,7 @@ from torch import nn
 from afcore import ldm
 from afcore.surgery import PATCH_FILE, make_alias_free, save_alias_free
 
-__all__ = ["TEXTURES", "TRAIN_T", "random_scene", "render", "angular_error", "normal_metrics", "yoso_models", "YOSO",
+__all__ = ["TEXTURES", "TRAIN_T", "random_scene", "height_and_gradient", "render", "angular_error", "normal_metrics", "yoso_models", "YOSO",
            "yoso_loss", "save_yoso", "load_yoso", "PointwiseControl"]
 
 TEXTURES = {"smooth": 0.25, "sharp": 0.45}  # the albedo's highest frequency, cycles/px
@@ -86,12 +86,9 @@ def random_scene(generator: torch.Generator, texture: str = "smooth", n: int = 1
     return scene
 
 
-def _select(scene: dict, index) -> dict:
-    return {k: v[index] for k, v in scene.items()}
-
-
 def height_and_gradient(scene: dict, y: torch.Tensor, x: torch.Tensor):
-    """h, dh/dy, dh/dx at points (y, x) (float64 tensors of shape (P,)); returns three (n, P) tensors."""
+    """h, dh/dy, dh/dx at points (y, x) (float64 tensors of shape (P,)); returns three (n, P) tensors. The
+    point-wise reference of the fields `render` computes on its grid (tests compare them)."""
     y, x = y[None, :, None], x[None, :, None]  # (1, P, 1) against per-scene (n, 1, K)
     cy, cx = scene["centre"][..., 0][:, None], scene["centre"][..., 1][:, None]
     s2 = scene["sigma"][:, None] ** 2
@@ -109,10 +106,30 @@ def height_and_gradient(scene: dict, y: torch.Tensor, x: torch.Tensor):
     return h + by * y[..., 0] + bx * x[..., 0], hy + by, hx + bx
 
 
-def _albedo(scene, y, x):
-    gy, gx = scene["albedo_g"][..., 0][:, None], scene["albedo_g"][..., 1][:, None]
-    arg = 2 * math.pi * (gy * y[None, :, None] + gx * x[None, :, None]) + scene["albedo_phase"][:, None]  # (n, P, J)
-    return 0.5 + torch.einsum("npj,njc->ncp", torch.cos(arg), scene["albedo_amp"])  # (n, 3, P)
+def _cos_sin(g, phase, ys, xs):
+    """cos and sin of 2 pi <g, p> + phase on the grid ys x xs, (n, J, Hf, Wf) each, from 1-D factors (separable)."""
+    ay = 2 * math.pi * g[..., 0, None] * ys + phase[..., None]  # (n, J, Hf)
+    bx = 2 * math.pi * g[..., 1, None] * xs  # (n, J, Wf)
+    cy, sy = ay.cos()[..., :, None], ay.sin()[..., :, None]
+    cx, sx = bx.cos()[..., None, :], bx.sin()[..., None, :]
+    return cy * cx - sy * sx, sy * cx + cy * sx
+
+
+def _grid_fields(scene: dict, ys: torch.Tensor, xs: torch.Tensor):
+    """dh/dy, dh/dx (n, Hf, Wf) and albedo (n, 3, Hf, Wf) on the grid ys x xs: the same fields as
+    ``height_and_gradient`` (the point-wise reference), computed with separable factors."""
+    cy, cx = scene["centre"][..., 0, None], scene["centre"][..., 1, None]  # (n, K, 1)
+    s2 = scene["sigma"][..., None] ** 2
+    ey = scene["amp"][..., None] * torch.exp(-(ys - cy) ** 2 / (2 * s2))  # (n, K, Hf)
+    ex = torch.exp(-(xs - cx) ** 2 / (2 * s2))  # (n, K, Wf)
+    hy = torch.einsum("nky,nkx->nyx", ey * -(ys - cy) / s2, ex)
+    hx = torch.einsum("nky,nkx->nyx", ey, ex * -(xs - cx) / s2)
+    _, sin = _cos_sin(scene["ripple_g"], scene["ripple_phase"], ys, xs)
+    r = (scene["ripple_amp"][..., None, None] * sin * 2 * math.pi)  # (n, M, Hf, Wf)
+    hy = hy - (r * scene["ripple_g"][..., 0, None, None]).sum(1) + scene["ramp"][:, 0, None, None]
+    hx = hx - (r * scene["ripple_g"][..., 1, None, None]).sum(1) + scene["ramp"][:, 1, None, None]
+    cos, _ = _cos_sin(scene["albedo_g"], scene["albedo_phase"], ys, xs)
+    return hy, hx, 0.5 + torch.einsum("njyx,njc->ncyx", cos, scene["albedo_amp"])
 
 
 def render(scene: dict, size: int = 32, offset=(0.0, 0.0), supersample: int = 4, dtype=torch.float32):
@@ -122,16 +139,14 @@ def render(scene: dict, size: int = 32, offset=(0.0, 0.0), supersample: int = 4,
     dev = scene["amp"].device
     sub = (torch.arange(supersample, device=dev, dtype=torch.float64) + 0.5) / supersample - 0.5
     ax = (torch.arange(size, device=dev, dtype=torch.float64)[:, None] + sub[None]).reshape(-1)  # fine grid
-    yy, xx = torch.meshgrid(ax - float(offset[0]), ax - float(offset[1]), indexing="ij")
-    _, hy, hx = height_and_gradient(scene, yy.reshape(-1), xx.reshape(-1))
-    n = torch.stack([-hx, hy, torch.ones_like(hx)], 1)  # (n, 3, P): x right, y up (= -row), z viewer
+    hy, hx, albedo = _grid_fields(scene, ax - float(offset[0]), ax - float(offset[1]))
+    n = torch.stack([-hx, hy, torch.ones_like(hx)], 1)  # (n, 3, Hf, Wf): x right, y up (= -row), z viewer
     n = n / n.norm(dim=1, keepdim=True)
-    lam = torch.einsum("ncp,nc->np", n, scene["light"])[:, None]
-    img = _albedo(scene, yy.reshape(-1), xx.reshape(-1)) * (0.3 + 0.7 * (lam + 1) / 2)
+    lam = torch.einsum("ncyx,nc->nyx", n, scene["light"])[:, None]
+    img = albedo * (0.3 + 0.7 * (lam + 1) / 2)
 
-    def area(v):  # (n, C, P) on the fine grid -> (n, C, S, S) box average
-        v = v.reshape(v.shape[0], v.shape[1], size, supersample, size, supersample)
-        return v.mean((3, 5))
+    def area(v):  # (n, C, Hf, Wf) on the fine grid -> (n, C, S, S) box average
+        return v.reshape(v.shape[0], v.shape[1], size, supersample, size, supersample).mean((3, 5))
 
     normals = area(n)
     normals = normals / normals.norm(dim=1, keepdim=True)

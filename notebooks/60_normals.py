@@ -377,7 +377,7 @@ display(Markdown(
     "per-frame error (deg) | flicker (deg) | pan WE |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
         f"| {row} | {tex} | {cell(r, 'lat_spsnr')} | {cell(r, 'lat_angle', '{:.3f}')} | {cell(r, 'img_spsnr')} | "
         f"{cell(r, 'img_angle', '{:.3f}')} | {cell(r, 'frame_err')} | {cell(r, 'flicker', '{:.3f}')} | "
-        f"{cell(r, 'we', '{:.5f}')} |" for (row, tex), r in shift_res.items())))
+        f"{cell(r, 'we', '{:.2e}')} |" for (row, tex), r in shift_res.items())))
 
 # %% [markdown]
 # ## The difference, with its uncertainty
@@ -403,7 +403,7 @@ for tex in TEXTURES:
         af_better = (m < 0) == (better == "lower")
         verdict = ("AF-YOSO better" if af_better else "standard better") if resolved else "not resolved (|diff| <= 2 s.e.)"
         diffs.append({"albedo": tex, "metric": key, "af_minus_standard": (m, s), "verdict": verdict})
-        lines.append(f"| {tex} | {key} | {m:+.3f} ± {s:.3f} | {better} is better | {verdict} |")
+        lines.append(f"| {tex} | {key} | {m:+.3g} ± {s:.2g} | {better} is better | {verdict} |")
 display(Markdown("| albedo | metric | AF − standard | | verdict |\n|---|---|---|---|---|\n" + "\n".join(lines)))
 gap = {}
 for key in ("lat_spsnr", "img_spsnr", "flicker"):

@@ -5,7 +5,8 @@ Scenes (ground truth at every sub-pixel offset):
 - ``random_scene(generator, texture, n)``: a batch of scene descriptions drawn from a seeded generator. A height field
   ``h(p) = sum_k a_k exp(-|p - c_k|^2 / (2 s_k^2)) + sum_m r_m cos(2 pi <g_m, p> + phi_m) + <b, p>`` (3-8 Gaussian
   bumps, s in [2, 8] px, ripples |g| <= 0.15 cycles/px, a ramp), an albedo that is a band-limited sum of coloured
-  sinusoids (|g| <= 0.25 cycles/px for ``"smooth"``, <= 0.45 for ``"sharp"``) and a light at 30-70 deg elevation.
+  sinusoids (|g| <= 0.25 cycles/px for ``"smooth"``, <= 0.45 for ``"sharp"``) and a light at 30-70 deg elevation
+  from the upper left by default (``light_azimuth``).
 - ``render(scene, size, offset)``: half-Lambert shading ``I = albedo * (0.3 + 0.7 (n.l + 1) / 2)`` and the analytic
   normals ``n = (-dh/dx, +dh/dy, 1) / norm`` (channels: x right, y up, z toward the viewer; rows grow downwards, so
   "up" is -y), both evaluated at ``p - offset`` (the content moves by ``offset``: exact fractional shifts) on a
@@ -58,9 +59,14 @@ def _frequencies(shape, fmax, g, device):
     return torch.stack([r * torch.sin(a), r * torch.cos(a)], -1)
 
 
-def random_scene(generator: torch.Generator, texture: str = "smooth", n: int = 1, size: int = 32) -> dict:
+def random_scene(generator: torch.Generator, texture: str = "smooth", n: int = 1, size: int = 32,
+                 light_azimuth=(90.0, 180.0)) -> dict:
     """``n`` random scenes (a dict of float64 tensors with leading dim n) on the generator's device; coordinates in
-    output pixels, the bumps' centres spread a quarter frame beyond the borders so pans show new content."""
+    output pixels, the bumps' centres spread a quarter frame beyond the borders so pans show new content.
+
+    ``light_azimuth`` (degrees, from x = right toward y = up): the range of the light's direction. A full circle
+    makes the tilt of every normal unidentifiable (a bump lit from one side and a dent lit from the other give the
+    same image, so the best estimate of n_x, n_y is 0); the default, light from the upper left, breaks that."""
     _check("texture (normals texture)", texture, TEXTURES)
     g, dev = generator, generator.device
     count = torch.randint(3, N_BUMPS + 1, (n, 1), generator=g, device=dev)
@@ -80,7 +86,11 @@ def random_scene(generator: torch.Generator, texture: str = "smooth", n: int = 1
         "albedo_phase": _uniform((n, N_ALBEDO), 0.0, 2 * math.pi, g, dev),
     }
     elev = _uniform((n,), math.radians(30), math.radians(70), g, dev)
-    azim = _uniform((n,), 0.0, 2 * math.pi, g, dev)
+    lo, hi = (math.radians(float(a)) for a in light_azimuth)
+    if not lo <= hi <= lo + 2 * math.pi:
+        raise ValueError(f"light_azimuth (normals_light_azimuth) must be [low, high] degrees with low <= high <= "
+                         f"low + 360, got {list(light_azimuth)}")
+    azim = _uniform((n,), lo, hi, g, dev)
     scene["light"] = torch.stack([torch.cos(elev) * torch.cos(azim), torch.cos(elev) * torch.sin(azim),
                                   torch.sin(elev)], -1)  # (x right, y up, z viewer), unit length
     return scene

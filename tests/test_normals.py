@@ -85,6 +85,8 @@ def test_angular_error_and_metrics_on_constructed_normals():
 def test_bad_texture_and_train_t_are_named():
     with pytest.raises(ValueError, match="texture"):
         _scene("glossy")
+    with pytest.raises(ValueError, match="normals_light_azimuth"):
+        NM.random_scene(torch.Generator(device="cpu"), "smooth", 1, 16, light_azimuth=(180, 90))
     unet, cn = NM.yoso_models((8, 16), cross_dim=8, sample_size=4)
     with pytest.raises(ValueError, match="normals_train_t"):
         NM.yoso_loss(NM.YOSO(unet, cn), torch.zeros(2, 4, 4, 4, device="cpu"), torch.zeros(2, 4, 4, 4, device="cpu"),

@@ -35,7 +35,7 @@ from torch import nn
 from afcore import ldm
 from afcore.surgery import PATCH_FILE, make_alias_free, save_alias_free
 
-__all__ = ["TEXTURES", "TRAIN_T", "random_scene", "height_and_gradient", "render", "angular_error", "normal_metrics", "yoso_models", "YOSO",
+__all__ = ["NORMAL_CODES", "normals_to_image", "image_to_normals", "TEXTURES", "TRAIN_T", "random_scene", "height_and_gradient", "render", "angular_error", "normal_metrics", "yoso_models", "YOSO",
            "yoso_loss", "save_yoso", "load_yoso", "PointwiseControl"]
 
 TEXTURES = {"smooth": 0.25, "sharp": 0.45}  # the albedo's highest frequency, cycles/px
@@ -187,6 +187,30 @@ def normal_metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
         for t in (11.25, 22.5, 30):
             out[f"under_{t:g}"].append(100 * (v < t).double().mean())
     return {k: torch.stack(v).double() for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------- normal maps as VAE images
+# How a normal map becomes a 3-channel image for the VAE. "rgb" (the reference's): the unit normal itself. "xy": the
+# two tilt channels and a zero third channel; the decoder's output is turned back into a unit normal with
+# n_z = sqrt(1 - n_x^2 - n_y^2) (normals face the viewer, n_z >= 0). Why "xy" exists: n_z sits near +1 everywhere,
+# the saturated edge of the image range, which a small VAE trained on photographs reproduces badly; notebook 60
+# measures the VAE floor of both codes.
+NORMAL_CODES = ("rgb", "xy")
+
+
+def normals_to_image(n: torch.Tensor, code: str = "rgb") -> torch.Tensor:
+    """Unit normals (..., 3, H, W) -> the image the VAE encodes."""
+    _check("code (normals_code)", code, NORMAL_CODES)
+    return n if code == "rgb" else torch.cat([n[..., :2, :, :], torch.zeros_like(n[..., 2:, :, :])], -3)
+
+
+def image_to_normals(x: torch.Tensor, code: str = "rgb") -> torch.Tensor:
+    """A decoded image (..., 3, H, W) -> normals (unit length after ``angular_error``'s normalisation)."""
+    _check("code (normals_code)", code, NORMAL_CODES)
+    if code == "rgb":
+        return x
+    xy = x[..., :2, :, :]
+    return torch.cat([xy, (1 - (xy ** 2).sum(-3, keepdim=True)).clamp_min(0).sqrt()], -3)
 
 
 # ------------------------------------------------------------------------------------------------------ models

@@ -55,6 +55,7 @@ normals_pretrained_af_unet = ""
 normals_train_scenes = 1024
 normals_test_scenes = 32
 normals_shift_steps = 16
+normals_code = "rgb"
 
 # %%
 import time
@@ -153,8 +154,13 @@ def decode(name, z):
     return torch.cat([vaes[name].decode(z[i:i + 256] / scales[name]).sample for i in range(0, len(z), 256)])
 
 
-lat = {name: {"cond": encode(name, train_img), "target": encode(name, train_nrm)} for name in MODELS}
-floor = {name: {tex: NM.normal_metrics(decode(name, encode(name, test[tex][1])), test[tex][1].to(dev))
+def to_image(n):  # normal map -> the image the VAE encodes (normals_code)
+    return NM.normals_to_image(n, normals_code)
+
+
+lat = {name: {"cond": encode(name, train_img), "target": encode(name, to_image(train_nrm))} for name in MODELS}
+floor = {name: {tex: NM.normal_metrics(NM.image_to_normals(decode(name, encode(name, to_image(test[tex][1]))),
+                                                           normals_code), test[tex][1].to(dev))
                 for tex in TEXTURES} for name in MODELS}
 display(Markdown("| VAE floor: dec(enc(n)) | albedo | mean angle (deg) | median | < 11.25 % | < 22.5 % | < 30 % |\n"
                  "|---|---|---|---|---|---|---|\n" + "\n".join(
@@ -200,7 +206,7 @@ def train_model(name):
               ema=normals_ema_decay, p_zero=normals_p_zero, train_t=normals_train_t, eq=eq,
               stop_grad=normals_stop_grad, freeze=normals_freeze_base, init=source, scenes=normals_train_scenes,
               size=S, supersample=normals_supersample, light=normals_light_azimuth, seed=seed,
-              scale=round(scales[name], 6))
+              scale=round(scales[name], 6), code=normals_code)
     run_dir = prepare_run_dir(f"checkpoints/normals/{MODELS[name]}", fp)
 
     def get_batch(step):
@@ -262,7 +268,7 @@ def predict(name, cond, ref=None, batch=64):
                 model(ref[i:i + step])
                 eq.use()
             out.append(model(c))
-    return decode(name, torch.cat(out))
+    return NM.image_to_normals(decode(name, torch.cat(out)), normals_code)
 
 
 acc = {name: {tex: NM.normal_metrics(predict(name, encode(name, test[tex][0])), test[tex][1].to(dev))

@@ -82,6 +82,17 @@ def test_angular_error_and_metrics_on_constructed_normals():
     assert (m["under_22.5"] == 0).all() and (m["under_30"] == 100).all()
 
 
+def test_normal_codes_round_trip_and_reject_unknown_names():
+    g = torch.Generator().manual_seed(3)
+    _, n = NM.render(NM.random_scene(g, "smooth", n=2, size=16), 16)
+    assert torch.equal(NM.image_to_normals(NM.normals_to_image(n, "rgb"), "rgb"), n)
+    img = NM.normals_to_image(n, "xy")
+    assert torch.equal(img[:, 2], torch.zeros_like(img[:, 2])) and torch.equal(img[:, :2], n[:, :2])
+    torch.testing.assert_close(NM.image_to_normals(img, "xy"), n, atol=1e-6, rtol=0)  # n_z rebuilt, n_z >= 0
+    with pytest.raises(ValueError, match="normals_code"):
+        NM.normals_to_image(n, "rgba")
+
+
 def test_bad_texture_and_train_t_are_named():
     with pytest.raises(ValueError, match="texture"):
         _scene("glossy")

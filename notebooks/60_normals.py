@@ -55,7 +55,7 @@ normals_pretrained_af_unet = ""
 normals_train_scenes = 1024
 normals_test_scenes = 32
 normals_shift_steps = 16
-normals_code = "rgb"
+normals_code = "xy"
 
 # %%
 import time

@@ -13,6 +13,9 @@ Same results as the readable definitions in ``afcore.signal`` (``impl="ref"``), 
 - The filtered nonlinearity (up-sample, activation, low-pass, down-sample) is one autograd function that keeps only
   its input for the backward pass and recomputes the up-sampled activation there (activation checkpointing): the
   4x-sized intermediates never outlive one call.
+- On a CPU, the filtered nonlinearity with a separable Kaiser filter on planes of ``KERNEL_MIN_SIDE`` px or more
+  runs in the compiled kernel of ``afcore.cpu_kernel`` (banded polyphase filters, one plane at a time in cache),
+  forward and backward; without a C++ compiler it stays on the PyTorch path below, with the same results.
 
 Precision: the filters run in float32 (float64 inputs stay float64) with autocast off; bf16/fp16 inputs are cast to
 float32 inside and the result is cast back, so a bf16 model gets fp32 filters.
@@ -438,11 +441,30 @@ def _filtered_block_grad(flat, g, act, up, method, spec, padding, nyquist):
     return gx
 
 
+KERNEL_MIN_SIDE = 48  # the compiled CPU kernel beat the matrix products from 64 px on (bench: kernel_vs_torch)
+
+
+def _use_kernel(x: torch.Tensor, act, spec: FirSpec | None) -> bool:
+    """The compiled CPU kernel (``afcore.cpu_kernel``) for a separable Kaiser filter on large enough planes of a
+    CPU tensor with an activation it knows. Radial (jinc) kernels stay on the PyTorch path: their 3x3 depthwise
+    convolutions were faster than the kernel at every measured size."""
+    if spec is None or spec.radial or x.device.type != "cpu" or max(x.shape[-2:]) < KERNEL_MIN_SIDE:
+        return False
+    from afcore import cpu_kernel
+
+    return cpu_kernel.activation_code(act) is not None and cpu_kernel.available()
+
+
 def _filtered_eager(x, act, up, method, spec, padding, nyquist, grad=None):
     """The fused op, blockwise; with ``grad``, the input gradient instead (recomputing each block's activation)."""
     h, w = x.shape[-2:]
     flat = x.reshape(-1, h, w).to(compute_dtype(x.dtype))
     g = None if grad is None else grad.reshape(-1, h, w).to(flat.dtype)
+    if _use_kernel(flat, act, spec):
+        from afcore import cpu_kernel
+
+        mode = "fused" if g is None else "fused_grad"
+        return cpu_kernel.run(mode, flat, spec, padding, act, grad=g).reshape(x.shape)
     out = torch.empty_like(flat)
     with torch.autocast(x.device.type, enabled=False):
         for sl in _blocks(flat.shape[0], h * w * up * up, x.device):

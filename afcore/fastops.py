@@ -444,11 +444,24 @@ def _filtered_block_grad(flat, g, act, up, method, spec, padding, nyquist):
 KERNEL_MIN_SIDE = 48  # the compiled CPU kernel beat the matrix products from 64 px on (bench: kernel_vs_torch)
 
 
+_KERNEL_OFF: list = []
+
+
+@contextlib.contextmanager
+def no_cpu_kernel():
+    """Run the block on the PyTorch fast path even where the compiled kernel would be taken (benchmarks, tests)."""
+    _KERNEL_OFF.append(True)
+    try:
+        yield
+    finally:
+        _KERNEL_OFF.pop()
+
+
 def _use_kernel(x: torch.Tensor, act, spec: FirSpec | None) -> bool:
     """The compiled CPU kernel (``afcore.cpu_kernel``) for a separable Kaiser filter on large enough planes of a
     CPU tensor with an activation it knows. Radial (jinc) kernels stay on the PyTorch path: their 3x3 depthwise
     convolutions were faster than the kernel at every measured size."""
-    if spec is None or spec.radial or x.device.type != "cpu" or max(x.shape[-2:]) < KERNEL_MIN_SIDE:
+    if _KERNEL_OFF or spec is None or spec.radial or x.device.type != "cpu" or max(x.shape[-2:]) < KERNEL_MIN_SIDE:
         return False
     from afcore import cpu_kernel
 

@@ -286,5 +286,56 @@ for p in pairs:
     print(f"{p['what']:55s} time {p['time_ratio']:.2f}x (ref {p['time_ratio_ref']:.2f}x), "
           f"memory {p['memory_ratio']:.2f}x")
 
+# %% [markdown]
+# ## 6. The compiled CPU kernel, and the 10x goal
+#
+# Sections 1-3 say what a fused op on a CPU should do: only the banded work, with the 4x-sized activation kept in
+# cache. `afcore.cpu_kernel` is that, written in C++ (compiled at first use): per image plane, polyphase up-sampling
+# along rows then columns, the activation, and the down-sampler, computing only the kept samples. The fast path
+# takes it for separable Kaiser filters on planes from `fastops.KERNEL_MIN_SIDE` px on. The bench stage times it
+# against the PyTorch fast path (matrix products) in the same run, and checks each filtered SiLU against the goal
+# of at most 10x the plain SiLU.
+
+# %%
+goals = bench.get("goals", {})
+kv = goals.get("kernel_vs_torch", [])
+if kv:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    xs = np.arange(len(kv))
+    axes[0].bar(xs - 0.2, [r["fwd_speedup"] for r in kv], 0.4, label="forward")
+    axes[0].bar(xs + 0.2, [r["fwd_bwd_speedup"] for r in kv], 0.4, label="forward + backward")
+    axes[0].axhline(1, color="grey", lw=0.8)
+    axes[0].set_xticks(xs, [f"{r['shape'][-1]} px" + ("" if r["kernel_taken"] else "\n(not taken)") for r in kv])
+    axes[0].set_ylabel("PyTorch fast path / kernel")
+    axes[0].set_title("Kaiser 13-tap filtered SiLU: kernel speed-up")
+    axes[0].legend(fontsize=8)
+    cases = goals["cases"]
+    names = sorted({c["case"] for c in cases})
+    sides = sorted({c["shape"][-1] for c in cases})
+    for i, name in enumerate(names):
+        vals = [next(c["fwd_ratio_to_plain"] for c in cases if c["case"] == name and c["shape"][-1] == s)
+                for s in sides]
+        axes[1].plot(sides, vals, "o-", label=name.replace("filtered_silu_", ""))
+    axes[1].axhline(goals["filtered_silu_goal_ratio"], color="k", ls="--", lw=1, label="goal")
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_xlabel("feature-map side (px)")
+    axes[1].set_ylabel("filtered / plain SiLU (forward)")
+    axes[1].set_title("Against the 10x goal")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, f"{FIG}/cpu_kernel.png")
+    plt.show()
+    metrics["kernel_vs_torch"] = kv
+    metrics["goal_cases"] = cases
+    for c in cases:
+        print(f"{c['case']:28s} {c['shape']}  {c['fwd_ratio_to_plain']:6.1f}x plain  "
+              f"{'met' if c['met'] else 'missed by %.1fx' % c['missed_by_factor']}")
+
+# %% [markdown]
+# The kernel does a tenth of the dense path's multiply-adds at 64 px, yet gains only about 2x: its inner loops are
+# short rows (64-128 samples) with per-row set-up, so it runs far below the CPU's arithmetic peak. A plain SiLU on
+# this CPU streams at several elements per nanosecond; matching 10x of that with 13-tap filters at twice the rate
+# would need the kernel to run its ~80 multiply-adds per sample near peak, which this straightforward code does not.
+
 # %%
 save_json(metrics, "metrics/05_speed.json")

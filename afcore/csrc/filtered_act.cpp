@@ -169,6 +169,13 @@ struct Scratch {
   std::vector<T> row, phases, tmp, mid, big, big2;
 };
 
+// dst[0 .. n) += c src[0 .. n): every filter below is a sum of such shifted, scaled rows
+template <typename T>
+static inline void axpy(T* dst, const T* src, T c, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] += c * src[i];
+}
+
 // y[0 .. f n) += up(x[0 .. n)) with taps c, one row.
 template <typename T>
 void row_up(const T* x, int64_t n, const Spec& s, const double* c, bool circular, T* y, Scratch<T>& w) {
@@ -191,8 +198,7 @@ void row_up(const T* x, int64_t n, const Spec& s, const double* c, bool circular
       const int64_t d = (t - p - o) / f;
       const T cv = T(c[t]);
       const T* src = xp - d;
-#pragma omp simd
-      for (int64_t q = 0; q < n; ++q) acc[q] += cv * src[q];
+      axpy(acc, src, cv, n);
     }
     for (int64_t q = 0; q < n; ++q) y[f * q + p] += acc[q];
   }
@@ -223,8 +229,7 @@ void row_down(const T* x, int64_t n, const Spec& s, const double* c, bool circul
     const int64_t r = lo + o - t, a = r / f, b = r % f;
     const T cv = T(c[t]);
     const T* src = w.phases.data() + b * per_phase + a;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) y[i] += cv * src[i];
+    axpy(y, src, cv, n);
   }
 }
 
@@ -240,8 +245,7 @@ void col_up(const T* x, int64_t h, int64_t wy, const Spec& s, const double* c, b
       if (j < 0) continue;
       const T cv = T(c[t]);
       const T* src = x + j * wy;
-#pragma omp simd
-      for (int64_t i = 0; i < wy; ++i) dst[i] += cv * src[i];
+      axpy(dst, src, cv, wy);
     }
   }
 }
@@ -257,8 +261,7 @@ void col_down(const T* x, int64_t h, int64_t wy, const Spec& s, const double* c,
       if (k < 0) continue;
       const T cv = T(c[t]);
       const T* src = x + k * wy;
-#pragma omp simd
-      for (int64_t j = 0; j < wy; ++j) dst[j] += cv * src[j];
+      axpy(dst, src, cv, wy);
     }
   }
 }
@@ -338,10 +341,6 @@ void run(int mode, const T* x, const T* g, T* out, int64_t planes, int64_t h, in
   for (auto& th : pool) th.join();
 }
 
-Spec make_spec(int rank, int n, int offset, int factor, const double* a, const double* b) {
-  return Spec{rank, n, offset, factor, a, b};
-}
-
 }  // namespace
 
 extern "C" {
@@ -354,8 +353,7 @@ int afk_run(int dtype, int mode, const void* x, const void* g, void* out, int64_
             int rb, int nb, int ob, int fb, const double* ab, const double* bb,
             int rd, int nd, int od, int fd, const double* ad, const double* bd,
             int circular, int act, double act_param, int threads) {
-  const Spec up_a = make_spec(ra, na, oa, fa, aa, ba), up_b = make_spec(rb, nb, ob, fb, ab, bb),
-             down = make_spec(rd, nd, od, fd, ad, bd);
+  const Spec up_a{ra, na, oa, fa, aa, ba}, up_b{rb, nb, ob, fb, ab, bb}, down{rd, nd, od, fd, ad, bd};
   if (dtype == 0) {
     run<float>(mode, static_cast<const float*>(x), static_cast<const float*>(g), static_cast<float*>(out), planes,
                h, w, up_a, up_b, down, circular, act, act_param, threads);

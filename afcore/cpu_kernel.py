@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from afcore import filters
+
 SOURCE = Path(__file__).with_name("csrc") / "filtered_act.cpp"
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c++17", "-fPIC",
-         "-shared", "-pthread")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+         "-fno-tree-loop-distribute-patterns", "-std=c++17", "-fPIC", "-shared", "-pthread")
 MODES = {"up": 0, "down": 1, "fused": 2, "fused_grad": 3}
 _STATE: dict = {}
 
@@ -129,9 +131,7 @@ def _terms(spec, role: str) -> tuple[np.ndarray, np.ndarray]:
     sampler's adjoint written as a down-sampler (flipped kernel times factor**2), "down_adj" the down-sampler's
     adjoint written as an up-sampler (the flipped kernel, gain 1). With odd ``numtaps`` the centre offset stays
     ``numtaps // 2``."""
-    from afcore import fastops
-
-    taps = fastops._taps(spec)
+    taps = filters.taps_array(spec)
     f = spec.factor
     if role.endswith("_adj"):
         taps = taps[::-1, ::-1] if taps.ndim == 2 else taps[::-1]

@@ -31,24 +31,17 @@ import functools
 import importlib.util
 import os
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from afcore import filters
+from afcore.filters import FirSpec
+
 NYQUIST = ("zero", "half")
 MATMUL_MAX = 1024  # longest axis (input or output) resampled by matrix product; longer ones use FFT / convolution
-
-
-class FirSpec(NamedTuple):
-    """A Kaiser low-pass at ``1/factor`` of Nyquist, as ``afcore.signal._kaiser_taps`` designs it (hashable)."""
-    factor: int
-    numtaps: int
-    beta: float
-    radial: bool
-    normalize: bool
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -70,19 +63,12 @@ def _exact(device: torch.device):
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-@functools.lru_cache(maxsize=16)
-def _taps(spec: FirSpec) -> np.ndarray:
-    from afcore import signal
-
-    return signal._kaiser_taps(spec.factor, spec.numtaps, spec.beta, spec.radial, spec.normalize) \
-        .to(torch.float64).numpy()
+_taps = filters.taps_array
 
 
 # ----------------------------------------------------------------------------------------------- 1-D matrices
 def _ideal_impulse(n: int, cutoff: float, edge: str) -> np.ndarray:
-    from afcore import signal
-
-    return np.fft.ifft(signal._ideal_mask_1d(n, cutoff, edge=edge).numpy()).real
+    return np.fft.ifft(filters.ideal_mask_1d(n, cutoff, edge=edge).numpy()).real
 
 
 def up_matrix(n: int, f: int, spec: FirSpec | None = None, padding: str = "circular") -> np.ndarray:
@@ -362,10 +348,8 @@ def ideal_down(x: torch.Tensor, factor: int, nyquist: str = "zero") -> torch.Ten
 
 @functools.lru_cache(maxsize=64)
 def _rfft_lowpass_mask(h: int, w: int, cutoff: float, edge: str, device: torch.device, dtype: torch.dtype):
-    from afcore import signal
-
-    my = signal._ideal_mask_1d(h, cutoff, edge=edge)
-    mx = signal._ideal_mask_1d(w, cutoff, edge=edge)[:w // 2 + 1]
+    my = filters.ideal_mask_1d(h, cutoff, edge=edge)
+    mx = filters.ideal_mask_1d(w, cutoff, edge=edge)[:w // 2 + 1]
     return (my[:, None] * mx[None, :]).to(device=device, dtype=dtype)
 
 

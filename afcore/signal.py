@@ -27,6 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from afcore import fastops
+from afcore.filters import (FirSpec, fir_spec, frequency_response, ideal_mask_1d, kaiser_beta,  # noqa: F401
+                            kaiser_taps, lowpass_filter)  # re-exported: signal is the namespace the notebooks teach with
+
 IMPLS = ("fast", "ref")
 NYQUIST = ("zero", "half")
 RESAMPLE_METHODS = ("ideal", "kaiser")
@@ -168,68 +172,10 @@ def lanczos_shift(x: torch.Tensor, shift, a: int = 3, normalize: bool = True) ->
 
 
 # ----------------------------------------------------------------------------------------------- filters
-def kaiser_beta(numtaps: int, transition_width: float, fs: float = 2.0) -> float:
-    """Kaiser beta from the attenuation formula (as StyleGAN3 designs its filters): width in the units of fs."""
-    import scipy.signal
-
-    atten = scipy.signal.kaiser_atten(numtaps, transition_width / (0.5 * fs))
-    return float(scipy.signal.kaiser_beta(atten))
-
-
-def lowpass_filter(numtaps: int, cutoff: float, fs: float = 2.0, beta: float = 8.0, radial: bool = False,
-                   normalize: bool = True, dtype=torch.float32) -> torch.Tensor:
-    """Kaiser-windowed low-pass FIR filter.
-
-    ``radial=False``: 1-D windowed sinc of ``numtaps`` taps (use it separably), equal to
-    ``scipy.signal.firwin(numtaps, cutoff, window=("kaiser", beta), fs=fs)`` when ``normalize`` (unit DC gain).
-    ``radial=True``: ``numtaps x numtaps`` windowed jinc, the ideal radially symmetric low-pass
-    ``f_c J1(2 pi f_c r) / r`` (centre ``pi f_c**2``) with ``f_c = cutoff / fs`` cycles/sample, times the outer
-    product of two Kaiser windows; ``normalize`` scales the taps to sum 1. Anjum et al.'s kernel
-    ``w_c J1(w_c r) / (2 pi r)`` with ``w_c = pi/2`` is this filter with ``cutoff=0.5, fs=2``.
-    """
-    import scipy.special
-
-    if not isinstance(numtaps, int) or numtaps < 1:
-        raise ValueError(f"numtaps must be a positive int, got {numtaps!r}")
-    if not 0 < cutoff < fs / 2:
-        raise ValueError(f"cutoff must be in (0, fs/2) = (0, {fs / 2}), got {cutoff!r}")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta!r}")
-    f_c = cutoff / fs
-    m = np.arange(numtaps) - (numtaps - 1) / 2
-    window = np.kaiser(numtaps, beta)
-    if not radial:
-        h = 2 * f_c * np.sinc(2 * f_c * m) * window
-        if normalize:
-            h = h / h.sum()
-        return torch.tensor(h, dtype=dtype)
-    r = np.hypot(m[:, None], m[None, :])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        h = np.where(r > 0, f_c * scipy.special.j1(2 * np.pi * f_c * r) / np.where(r > 0, r, 1.0), np.pi * f_c**2)
-    h = h * np.outer(window, window)
-    if normalize:
-        h = h / h.sum()
-    return torch.tensor(h, dtype=dtype)
-
-
-def frequency_response(taps: torch.Tensor, n: int = 512):
-    """Magnitude response of a 1-D filter (freqs in cycles/sample 0..0.5) or a 2-D one (n x n, fftshifted)."""
-    taps = taps.to(torch.float64)
-    if taps.ndim == 1:
-        resp = torch.fft.rfft(taps, n=n).abs()
-        return torch.fft.rfftfreq(n, dtype=torch.float64), resp
-    resp = torch.fft.fftshift(torch.fft.fft2(taps, s=(n, n)).abs())
-    return torch.fft.fftshift(torch.fft.fftfreq(n, dtype=torch.float64)), resp
-
-
-def _ideal_mask_1d(n: int, cutoff: float, device=None, edge: str = "half") -> torch.Tensor:
-    """Keep |k| < n*cutoff/2; a bin exactly at the edge gets half weight (``edge="half"``, Nyquist split) or none
-    (``edge="zero"``); zero beyond."""
-    edge_k = n * cutoff / 2
-    k = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=device).abs()
-    mask = (k < edge_k - 1e-9).double()
-    mask[(k - edge_k).abs() < 1e-9] = 0.5 if edge == "half" else 0.0
-    return mask
+# Filter design (Kaiser sinc/jinc taps, ideal masks, the FirSpec the fast paths cache by) lives in afcore.filters,
+# which both this module and afcore.fastops import; the old private names stay for the notebooks that use them.
+_ideal_mask_1d = ideal_mask_1d
+_kaiser_taps = kaiser_taps
 
 
 def ideal_lowpass(x: torch.Tensor, cutoff: float, radial: bool = False, impl: str = "fast",
@@ -248,8 +194,6 @@ def ideal_lowpass(x: torch.Tensor, cutoff: float, radial: bool = False, impl: st
     _check_choice(impl, IMPLS, "impl")
     _check_choice(edge, NYQUIST, "edge")
     if impl == "fast" and not radial and not x.is_complex():
-        from afcore import fastops
-
         return fastops.ideal_lowpass(x, cutoff, edge)
     h, w = x.shape[-2:]
     if radial:
@@ -332,23 +276,6 @@ def fir_filter(x: torch.Tensor, taps: torch.Tensor, padding: str = "circular", i
 
 
 # ----------------------------------------------------------------------------------------------- resampling
-def _kaiser_taps(factor: int, numtaps: int | None, beta: float, radial: bool, normalize: bool, cutoff=None):
-    numtaps = numtaps if numtaps is not None else 6 * factor + 1
-    cutoff = cutoff if cutoff is not None else 1.0 / factor
-    return lowpass_filter(numtaps, cutoff, fs=2.0, beta=beta, radial=radial, normalize=normalize)
-
-
-def fir_spec(factor: int, numtaps: int | None = None, beta: float = 8.0, radial: bool = False,
-             normalize: bool = True):
-    """The hashable description of ``_kaiser_taps``'s filter that the fast paths cache their weights by."""
-    from afcore import fastops
-
-    numtaps = numtaps if numtaps is not None else 6 * factor + 1
-    if not isinstance(numtaps, int) or numtaps < 1 or numtaps % 2 == 0:
-        raise ValueError(f"numtaps must be a positive odd int so the filter is centred on a sample, got {numtaps!r}")
-    return fastops.FirSpec(factor, numtaps, float(beta), bool(radial), bool(normalize))
-
-
 def upsample(x: torch.Tensor, factor: int = 2, method: str = "ideal", numtaps: int | None = None,
              beta: float = 8.0, radial: bool = False, normalize: bool = True, padding: str = "circular",
              impl: str = "fast") -> torch.Tensor:
@@ -376,8 +303,6 @@ def upsample(x: torch.Tensor, factor: int = 2, method: str = "ideal", numtaps: i
     if factor == 1:
         return x
     if impl == "fast":
-        from afcore import fastops
-
         if method == "ideal":
             return fastops.ideal_up(x, factor)
         return fastops.fir_up(x, fir_spec(factor, numtaps, beta, radial, normalize), padding)
@@ -417,8 +342,6 @@ def downsample(x: torch.Tensor, factor: int = 2, method: str = "ideal", numtaps:
     if factor == 1:
         return x
     if impl == "fast":
-        from afcore import fastops
-
         if method == "ideal":
             return fastops.ideal_down(x, factor, nyquist)
         return fastops.fir_down(x, fir_spec(factor, numtaps, beta, radial, normalize), padding)

@@ -152,11 +152,13 @@ def _filter_args(spec, role: str) -> list:
 
 
 def run(mode: str, x: torch.Tensor, spec, padding: str, act=None, grad: torch.Tensor | None = None,
-        threads: int | None = None) -> torch.Tensor:
+        threads: int | None = None, adjoint: bool = False) -> torch.Tensor:
     """One kernel call on the planes of x (..., H, W), float32 or float64, CPU.
 
     mode "up": (..., fH, fW); "down": (..., H/f, W/f); "fused": down(act(up x)); "fused_grad": the input gradient
-    of "fused" for the output gradient ``grad``. ``act`` must be one ``activation_code`` knows."""
+    of "fused" for the output gradient ``grad``. ``act`` must be one ``activation_code`` knows. ``adjoint`` (modes
+    "up" and "down"): the adjoint of the other resampler instead, i.e. the gradient of ``down`` (an up-sampling) or
+    of ``up`` (a down-sampling)."""
     lib = library()
     if lib is None:
         raise RuntimeError("the CPU kernel is not available")
@@ -187,9 +189,11 @@ def run(mode: str, x: torch.Tensor, spec, padding: str, act=None, grad: torch.Te
     out = torch.empty(*x.shape[:-2], *out_hw, dtype=x.dtype, device=x.device)
     if planes == 0:
         return out
-    up_a = _filter_args(spec, "up")
+    if adjoint and mode not in ("up", "down"):
+        raise ValueError(f"adjoint applies to modes 'up' and 'down', got mode {mode!r}")
+    up_a = _filter_args(spec, "down_adj" if adjoint else "up")
     up_b = _filter_args(spec, "down_adj")
-    down = _filter_args(spec, "up_adj" if mode == "fused_grad" else "down")
+    down = _filter_args(spec, "up_adj" if mode == "fused_grad" or adjoint else "down")
     threads = threads or torch.get_num_threads()
     rc = lib.afk_run(0 if x.dtype == torch.float32 else 1, MODES[mode], xc.data_ptr(),
                      gc.data_ptr() if gc is not None else None, out.data_ptr(), planes, h, w,

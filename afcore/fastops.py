@@ -206,11 +206,36 @@ def _radial_down(x: torch.Tensor, spec: FirSpec, padding: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- FIR dispatch
+class _KernelResample(torch.autograd.Function):
+    """Up- or down-sampling in the compiled CPU kernel; the gradient is the other resampler's adjoint (also there)."""
+
+    @staticmethod
+    def forward(ctx, x, spec, padding, mode):
+        from afcore import cpu_kernel
+
+        ctx.args = (spec, padding, mode)
+        flat = x.reshape(-1, *x.shape[-2:]).to(compute_dtype(x.dtype))
+        out = cpu_kernel.run(mode, flat, spec, padding)
+        return out.reshape(*x.shape[:-2], *out.shape[-2:]).to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        from afcore import cpu_kernel
+
+        spec, padding, mode = ctx.args
+        flat = grad.reshape(-1, *grad.shape[-2:]).to(compute_dtype(grad.dtype))
+        gx = cpu_kernel.run("down" if mode == "up" else "up", flat, spec, padding, adjoint=True)
+        return gx.reshape(*grad.shape[:-2], *gx.shape[-2:]).to(grad.dtype), None, None, None
+
+
 def fir_up(x: torch.Tensor, spec: FirSpec, padding: str = "circular") -> torch.Tensor:
     """Kaiser up-sampling (zero insertion, filter, gain factor**2) without the zero-inserted tensor."""
     if spec.factor == 1:
         return x
     h, w = x.shape[-2:]
+    if _use_kernel(x, None, spec):
+        return _KernelResample.apply(x, spec, padding, "up")
     if spec.radial:
         out = _radial_up(x, spec, padding)
     elif _use_matmul(h, w, spec.factor):
@@ -225,6 +250,8 @@ def fir_down(x: torch.Tensor, spec: FirSpec, padding: str = "circular") -> torch
     if spec.factor == 1:
         return x
     h, w = x.shape[-2:]
+    if _use_kernel(x, None, spec, side=max(h, w) // spec.factor):
+        return _KernelResample.apply(x, spec, padding, "down")
     if spec.radial:
         out = _radial_down(x, spec, padding)
     elif _use_matmul(h, w, 1):
@@ -425,7 +452,7 @@ def _filtered_block_grad(flat, g, act, up, method, spec, padding, nyquist):
     return gx
 
 
-KERNEL_MIN_SIDE = 48  # the compiled CPU kernel beat the matrix products from 64 px on (bench: kernel_vs_torch)
+KERNEL_MIN_SIDE = 16  # planes (low-rate side) from which the compiled CPU kernel beat the PyTorch path (bench)
 
 
 _KERNEL_OFF: list = []
@@ -441,15 +468,18 @@ def no_cpu_kernel():
         _KERNEL_OFF.pop()
 
 
-def _use_kernel(x: torch.Tensor, act, spec: FirSpec | None) -> bool:
-    """The compiled CPU kernel (``afcore.cpu_kernel``) for a separable Kaiser filter on large enough planes of a
-    CPU tensor with an activation it knows. Radial (jinc) kernels stay on the PyTorch path: their 3x3 depthwise
-    convolutions were faster than the kernel at every measured size."""
-    if _KERNEL_OFF or spec is None or spec.radial or x.device.type != "cpu" or max(x.shape[-2:]) < KERNEL_MIN_SIDE:
+def _use_kernel(x: torch.Tensor, act, spec: FirSpec | None, side: int | None = None) -> bool:
+    """The compiled CPU kernel (``afcore.cpu_kernel``) for a Kaiser filter (separable sinc or radial jinc) on a CPU
+    tensor whose low-rate planes have ``side`` >= ``KERNEL_MIN_SIDE`` px (default: x's larger side); ``act`` None
+    for a lone resampler, else an activation the kernel knows."""
+    side = max(x.shape[-2:]) if side is None else side
+    if _KERNEL_OFF or spec is None or x.device.type != "cpu" or side < KERNEL_MIN_SIDE:
         return False
     from afcore import cpu_kernel
 
-    return cpu_kernel.activation_code(act) is not None and cpu_kernel.available()
+    if act is not None and cpu_kernel.activation_code(act) is None:
+        return False
+    return cpu_kernel.available()
 
 
 def _filtered_eager(x, act, up, method, spec, padding, nyquist, grad=None):

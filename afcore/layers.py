@@ -215,10 +215,12 @@ class FilteredActivation(nn.Module):
     autograd function that saves only the input (``afcore.fastops.filtered_activation``, ``fused=True``); activations
     with parameters (e.g. PReLU) always take the unfused composition so that their parameters get gradients.
 
-    ``fused=None`` (default) fuses every filter except the short radial (jinc) kernels of Config B-D: their
-    up-sampler is a cheap 3x3 convolution, so recomputing it in the backward pass costs more time (measured about
-    1.2-1.3x per forward+backward on CPU) than keeping its output saves; with ``fused=False`` they run the fast
-    resamplers composed by autograd, which keeps the x2 intermediates for backward.
+    ``fused=None`` (default) fuses every filter, except the short radial (jinc) kernels of Config B-D where the
+    compiled CPU kernel is not taken (GPU tensors, planes under ``fastops.KERNEL_MIN_SIDE`` px, no compiler): there
+    their up-sampler is a cheap 3x3 convolution, and recomputing it in the backward pass costs more time (measured
+    about 1.2-1.3x per forward+backward on CPU) than keeping its output saves, so they run the fast resamplers
+    composed by autograd, which keeps the x2 intermediates for backward. In the kernel the fused op is the faster
+    one for every filter (``metrics/bench_signal.json``). The choice is made per call (``uses_fused``).
     """
 
     def __init__(self, act: nn.Module | None = None, up: int = 2, method: str = "ideal", impl: str | None = None,
@@ -228,14 +230,21 @@ class FilteredActivation(nn.Module):
         self.up_layer = AliasFreeUpsample(up, method, impl=impl, **filter_kwargs)
         self.down_layer = AliasFreeDownsample(up, method, impl=impl, **filter_kwargs)
         self.af_impl = impl
-        self.fused = fused if fused is not None else not (method == "kaiser" and filter_kwargs.get("radial", False))
+        self.fused = fused
+        self.radial = method == "kaiser" and bool(filter_kwargs.get("radial", False))
 
     @property
     def impl(self) -> str:
         return _resolve(self.af_impl)
 
+    def uses_fused(self, x: torch.Tensor) -> bool:
+        """Whether the fast path fuses for input x (``fused``, or by default: see the class docstring)."""
+        if self.fused is not None:
+            return self.fused
+        return not self.radial or fastops._use_kernel(x, self.act, self.down_layer.spec)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl == "ref" or not self.fused or any(True for _ in self.act.parameters()):
+        if self.impl == "ref" or not self.uses_fused(x) or any(True for _ in self.act.parameters()):
             down, up = self.down_layer, self.up_layer
             if self.impl == "ref":
                 return down.ref_down(self.act(up.ref_up(x)))

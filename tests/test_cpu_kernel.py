@@ -92,15 +92,76 @@ def test_models_path_uses_the_kernel_and_passes_gradcheck(monkeypatch):
     assert "fused" in calls and "fused_grad" in calls
 
 
-def test_kernel_is_not_taken_for_radial_small_or_unknown_cases(monkeypatch):
+def test_lone_resamplers_take_the_kernel_and_pass_gradcheck(monkeypatch):
+    """fastops.fir_up / fir_down (what AliasFreeUpsample / Downsample call) run in the kernel, forward equal to the
+    reference and backward through the adjoint filters (float64 gradcheck), for a separable and a radial filter."""
+    monkeypatch.setattr(fastops, "KERNEL_MIN_SIDE", 0)
+    calls = []
+    real = cpu_kernel.run
+    monkeypatch.setattr(cpu_kernel, "run", lambda mode, *a, **k: calls.append((mode, k.get("adjoint", False)))
+                        or real(mode, *a, **k))
+    for name in ("kaiser13_circ", "jinc3_zeros"):
+        spec, padding, kw = _spec_pad(name, 2)
+        x = rand(1, 2, 4, 6).requires_grad_(True)
+        torch.testing.assert_close(fastops.fir_up(x, spec, padding), _ref_up(x, 2, kw), **TOL64)
+        xd = rand(1, 2, 8, 12, seed=1).requires_grad_(True)
+        torch.testing.assert_close(fastops.fir_down(xd, spec, padding), _ref_down(xd, 2, kw), **TOL64)
+        assert torch.autograd.gradcheck(lambda t: fastops.fir_up(t, spec, padding), (x,), eps=1e-6, atol=1e-7)
+        assert torch.autograd.gradcheck(lambda t: fastops.fir_down(t, spec, padding), (xd,), eps=1e-6, atol=1e-7)
+    assert {("up", False), ("down", False), ("down", True), ("up", True)} <= set(calls)
+
+
+def test_adjoint_modes_are_the_gradients_of_the_reference():
+    for name in FILTERS:
+        spec, padding, kw = _spec_pad(name, 3)
+        x = rand(2, 1, 4, 5).requires_grad_(True)
+        up = _ref_up(x, 3, kw)
+        g = rand(*up.shape, seed=3)
+        torch.testing.assert_close(cpu_kernel.run("down", g, spec, padding, adjoint=True),
+                                   torch.autograd.grad(up, x, g)[0], **TOL64)
+        down = _ref_down(up.detach().requires_grad_(True), 3, kw)
+        gd = rand(*down.shape, seed=4)
+        leaf = up.detach().requires_grad_(True)
+        torch.testing.assert_close(cpu_kernel.run("up", gd, spec, padding, adjoint=True),
+                                   torch.autograd.grad(_ref_down(leaf, 3, kw), leaf, gd)[0], **TOL64)
+    with pytest.raises(ValueError, match="adjoint"):
+        cpu_kernel.run("fused", x.detach(), spec, padding, nn.SiLU(), adjoint=True)
+
+
+@pytest.mark.parametrize("isa", [("-mno-avx512f",), ("-mno-avx2",)])
+def test_kernel_built_for_older_vector_units_gives_the_same_results(monkeypatch, tmp_path, isa):
+    """The vectorised sigmoid family has AVX-512, AVX2 and plain versions, chosen at build time by the CPU: build
+    the kernel without the wider units and compare with the reference again (float32 and float64)."""
+    monkeypatch.setattr(cpu_kernel, "FLAGS", cpu_kernel.FLAGS + isa)
+    monkeypatch.setattr(cpu_kernel, "_STATE", {})
+    monkeypatch.setenv("AFCORE_KERNEL_CACHE", str(tmp_path))
+    assert cpu_kernel.available()
+    for act in (nn.SiLU(), nn.Sigmoid()):
+        spec, padding, kw = _spec_pad("kaiser13_circ", 2)
+        x = rand(2, 3, 8, 24) * 3
+        ref = _ref_down(act(_ref_up(x, 2, kw)), 2, kw)
+        torch.testing.assert_close(cpu_kernel.run("fused", x, spec, padding, act), ref, **TOL64)
+        got = cpu_kernel.run("fused", x.float(), spec, padding, act).double()
+        torch.testing.assert_close(got, ref, rtol=0, atol=2e-5)
+        g = rand(*ref.shape, seed=5)
+        leaf = x.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(_ref_down(act(_ref_up(leaf, 2, kw)), 2, kw), leaf, g)
+        got = cpu_kernel.run("fused_grad", x.float(), spec, padding, act, grad=g.float()).double()
+        torch.testing.assert_close(got, gx, rtol=0, atol=5e-5)
+
+
+def test_kernel_is_not_taken_for_ideal_small_or_unknown_cases(monkeypatch):
     spec, _, _ = _spec_pad("kaiser13_circ", 2)
     jinc, _, _ = _spec_pad("jinc3_zeros", 2)
     big = torch.zeros(1, 1, 64, 64)
     assert fastops._use_kernel(big, nn.SiLU(), spec)
-    assert not fastops._use_kernel(big, nn.SiLU(), jinc)
+    assert fastops._use_kernel(big, nn.SiLU(), jinc)
+    assert fastops._use_kernel(big, None, jinc)  # lone resamplers
     assert not fastops._use_kernel(big, nn.SiLU(), None)  # ideal filters: matrix products / FFT
     assert not fastops._use_kernel(torch.zeros(1, 1, 8, 8), nn.SiLU(), spec)
     assert not fastops._use_kernel(big, nn.PReLU(), spec)
+    with fastops.no_cpu_kernel():
+        assert not fastops._use_kernel(big, nn.SiLU(), spec)
     with pytest.raises(ValueError, match="activation"):
         cpu_kernel.run("fused", big, spec, "circular", nn.PReLU())
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -149,3 +149,42 @@ def test_matrix_stages_expand_to_one_stage_per_data_set_and_config():
     assert set(stages["configs_train"]["matrix"]) == {"dataset", "config"}
     assert "--set dataset=${item.dataset}" in " ".join(stages["configs_train"]["cmd"].split())
     assert stages["configs_eval"]["foreach"] == "${configs.config_datasets}"
+
+
+def _afcore_imports() -> dict[str, set[str]]:
+    """module -> the afcore modules it imports anywhere in its source (top level or inside functions)."""
+    import ast
+
+    graph = {}
+    for path in sorted((REPO_ROOT / "afcore").glob("*.py")):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "afcore":
+                deps.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("afcore."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("afcore."))
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def test_afcore_has_no_import_cycles():
+    """One home per concept, dependencies one way: a cycle (even through an import inside a function) fails."""
+    graph = _afcore_imports()
+    assert graph["surgery"] >= {"layers"} and "surgery" not in graph["layers"]
+    assert "filters" in graph["signal"] and "filters" in graph["fastops"] and not graph["filters"]
+    state: dict[str, int] = {}
+
+    def visit(module, path):
+        state[module] = 1
+        for dep in sorted(graph.get(module, ())):
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path + [module, dep]))
+            if dep not in state:
+                visit(dep, path + [module])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])

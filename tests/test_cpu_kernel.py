@@ -69,13 +69,21 @@ def test_fused_forward_and_input_gradient_equal_autograd_through_the_reference(n
     torch.testing.assert_close(cpu_kernel.run("fused_grad", x, spec, padding, act, grad=g), gx_ref, **TOL64)
 
 
-def test_float32_kernel_agrees_with_the_float64_reference():
+@pytest.mark.parametrize("act_name", ["silu", "gelu", "sigmoid"])
+def test_float32_kernel_agrees_with_the_float64_reference(act_name):
+    """float32 runs the vectorised exp / sigmoid / erf approximations: forward and input gradient still agree."""
+    act = ACTS[act_name]
     spec, padding, kw = _spec_pad("kaiser13_circ", 2)
     x = rand(2, 4, 16, 16, dtype=torch.float32) * 3  # spans the exp's reduced range many times
-    ref = _ref_down(nn.functional.silu(_ref_up(x.double(), 2, kw)), 2, kw)
-    got = cpu_kernel.run("fused", x, spec, padding, nn.SiLU())
+    leaf = x.double().requires_grad_(True)
+    ref = _ref_down(act(_ref_up(leaf, 2, kw)), 2, kw)
+    got = cpu_kernel.run("fused", x, spec, padding, act)
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-5)
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=0, atol=2e-5)
+    g = rand(*ref.shape, seed=6)
+    (gx,) = torch.autograd.grad(ref, leaf, g)
+    got = cpu_kernel.run("fused_grad", x, spec, padding, act, grad=g.float())
+    torch.testing.assert_close(got.double(), gx, rtol=0, atol=5e-5)
 
 
 def test_models_path_uses_the_kernel_and_passes_gradcheck(monkeypatch):
@@ -136,7 +144,7 @@ def test_kernel_built_for_older_vector_units_gives_the_same_results(monkeypatch,
     monkeypatch.setattr(cpu_kernel, "_STATE", {})
     monkeypatch.setenv("AFCORE_KERNEL_CACHE", str(tmp_path))
     assert cpu_kernel.available()
-    for act in (nn.SiLU(), nn.Sigmoid()):
+    for act in (nn.SiLU(), nn.Sigmoid(), nn.GELU()):
         spec, padding, kw = _spec_pad("kaiser13_circ", 2)
         x = rand(2, 3, 8, 24) * 3
         ref = _ref_down(act(_ref_up(x, 2, kw)), 2, kw)

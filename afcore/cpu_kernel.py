@@ -76,13 +76,30 @@ def _compiler() -> str | None:
     return None
 
 
-def build(cache: Path | None = None) -> Path:
-    """Compile the kernel (or find it already compiled) and return the shared library's path."""
+def _aten_flags() -> tuple[str, ...]:
+    """Compile and link flags that let the kernel split its planes over PyTorch's own intra-op thread pool
+    (``at::parallel_for``). With threads of its own, the kernel would compete on a small machine with PyTorch's
+    OpenMP workers, which spin for a while after every PyTorch op: on 2 cores that made 2 threads no faster than 1."""
+    from torch.utils import cpp_extension
+
+    lib_dirs = cpp_extension.library_paths()
+    return (*(f"-I{p}" for p in cpp_extension.include_paths()), "-DAFK_ATEN=1", "-fopenmp",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            *(f"-L{p}" for p in lib_dirs), *(f"-Wl,-rpath,{p}" for p in lib_dirs), "-lc10", "-ltorch_cpu")
+
+
+def build(cache: Path | None = None, aten: bool = True) -> Path:
+    """Compile the kernel (or find it already compiled) and return the shared library's path.
+
+    ``aten``: link against PyTorch to use its thread pool (the default); without, the kernel starts threads of its
+    own (the fallback when that build fails)."""
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
     cache = Path(cache or os.environ.get("AFCORE_KERNEL_CACHE", Path.home() / ".cache" / "afcore"))
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + cxx.encode() + _cpu_id().encode())
+    flags = FLAGS + (_aten_flags() if aten else ())
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + cxx.encode() + _cpu_id().encode()
+                         + torch.__version__.encode())
     lib = cache / f"filtered_act-{key.hexdigest()[:16]}.so"
     if lib.exists():
         return lib
@@ -90,7 +107,8 @@ def build(cache: Path | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        # the source first, the libraries after it: the linker resolves left to right
+        proc = subprocess.run([cxx, str(SOURCE), *flags, "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, lib)
@@ -100,13 +118,28 @@ def build(cache: Path | None = None) -> Path:
     return lib
 
 
+def _load() -> ctypes.CDLL:
+    """The library linked against PyTorch's thread pool, else (that build failed) the one with its own threads."""
+    try:
+        return ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as err:
+        first = err
+    try:
+        lib = ctypes.CDLL(str(build(aten=False)))
+    except (RuntimeError, OSError):
+        raise first from None
+    warnings.warn(f"afcore.cpu_kernel: built without PyTorch's thread pool ({first}); the kernel starts its own "
+                  "threads", RuntimeWarning, stacklevel=3)
+    return lib
+
+
 def library():
     """The loaded kernel, or None (switched off, no compiler, or the build failed: warned once)."""
     if os.environ.get("AFCORE_CPU_KERNEL", "1") == "0":
         return None
     if "lib" not in _STATE:
         try:
-            lib = ctypes.CDLL(str(build()))
+            lib = _load()
             lib.afk_run.restype = ctypes.c_int
             lib.afk_run.argtypes = ([ctypes.c_int] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
                                     + ([ctypes.c_int] * 4 + [ctypes.c_void_p] * 2) * 3

@@ -234,7 +234,7 @@ def fir_up(x: torch.Tensor, spec: FirSpec, padding: str = "circular") -> torch.T
     if spec.factor == 1:
         return x
     h, w = x.shape[-2:]
-    if _use_kernel(x, None, spec):
+    if _use_kernel_resampler(x, spec, "up"):
         return _KernelResample.apply(x, spec, padding, "up")
     if spec.radial:
         out = _radial_up(x, spec, padding)
@@ -250,7 +250,7 @@ def fir_down(x: torch.Tensor, spec: FirSpec, padding: str = "circular") -> torch
     if spec.factor == 1:
         return x
     h, w = x.shape[-2:]
-    if _use_kernel(x, None, spec, side=max(h, w) // spec.factor):
+    if _use_kernel_resampler(x, spec, "down"):
         return _KernelResample.apply(x, spec, padding, "down")
     if spec.radial:
         out = _radial_down(x, spec, padding)
@@ -453,6 +453,10 @@ def _filtered_block_grad(flat, g, act, up, method, spec, padding, nyquist):
 
 
 KERNEL_MIN_SIDE = 16  # planes (low-rate side) from which the compiled CPU kernel beat the PyTorch path (bench)
+# lone resamplers (low-rate side): the kernel beat the matrix products for separable filters from these sizes on;
+# for radial 3x3 kernels PyTorch's depthwise convolutions were as fast or faster at every size (bench:
+# goals.kernel_vs_torch), so those stay on the PyTorch path (inside the fused activation the kernel wins)
+KERNEL_MIN_SIDE_RESAMPLER = {"up": 16, "down": 32}
 
 
 _KERNEL_OFF: list = []
@@ -480,6 +484,13 @@ def _use_kernel(x: torch.Tensor, act, spec: FirSpec | None, side: int | None = N
     if act is not None and cpu_kernel.activation_code(act) is None:
         return False
     return cpu_kernel.available()
+
+
+def _use_kernel_resampler(x: torch.Tensor, spec: FirSpec, kind: str) -> bool:
+    """The compiled kernel for a lone up- or down-sampler (``kind``): separable Kaiser filters on large enough planes."""
+    side = max(x.shape[-2:]) // (spec.factor if kind == "down" else 1)
+    return (not spec.radial and side >= KERNEL_MIN_SIDE_RESAMPLER[kind]
+            and _use_kernel(x, None, spec, side=side))
 
 
 def _filtered_eager(x, act, up, method, spec, padding, nyquist, grad=None):

@@ -102,13 +102,17 @@ def test_models_path_uses_the_kernel_and_passes_gradcheck(monkeypatch):
 
 def test_lone_resamplers_take_the_kernel_and_pass_gradcheck(monkeypatch):
     """fastops.fir_up / fir_down (what AliasFreeUpsample / Downsample call) run in the kernel, forward equal to the
-    reference and backward through the adjoint filters (float64 gradcheck), for a separable and a radial filter."""
+    reference and backward through the adjoint filters (float64 gradcheck), with circular and zero padding; radial
+    filters stay on the PyTorch path."""
     monkeypatch.setattr(fastops, "KERNEL_MIN_SIDE", 0)
+    monkeypatch.setattr(fastops, "KERNEL_MIN_SIDE_RESAMPLER", {"up": 0, "down": 0})
     calls = []
     real = cpu_kernel.run
     monkeypatch.setattr(cpu_kernel, "run", lambda mode, *a, **k: calls.append((mode, k.get("adjoint", False)))
                         or real(mode, *a, **k))
-    for name in ("kaiser13_circ", "jinc3_zeros"):
+    jinc, _, _ = _spec_pad("jinc3_zeros", 2)
+    assert not fastops._use_kernel_resampler(torch.zeros(1, 1, 64, 64), jinc, "up")
+    for name in ("kaiser13_circ", "sinc7_zeros"):
         spec, padding, kw = _spec_pad(name, 2)
         x = rand(1, 2, 4, 6).requires_grad_(True)
         torch.testing.assert_close(fastops.fir_up(x, spec, padding), _ref_up(x, 2, kw), **TOL64)
@@ -164,7 +168,8 @@ def test_kernel_is_not_taken_for_ideal_small_or_unknown_cases(monkeypatch):
     big = torch.zeros(1, 1, 64, 64)
     assert fastops._use_kernel(big, nn.SiLU(), spec)
     assert fastops._use_kernel(big, nn.SiLU(), jinc)
-    assert fastops._use_kernel(big, None, jinc)  # lone resamplers
+    assert fastops._use_kernel_resampler(big, spec, "up") and fastops._use_kernel_resampler(big, spec, "down")
+    assert not fastops._use_kernel_resampler(big[..., :32, :32], spec, "down")  # low-rate side 16 < 32
     assert not fastops._use_kernel(big, nn.SiLU(), None)  # ideal filters: matrix products / FFT
     assert not fastops._use_kernel(torch.zeros(1, 1, 8, 8), nn.SiLU(), spec)
     assert not fastops._use_kernel(big, nn.PReLU(), spec)
@@ -198,3 +203,29 @@ def test_build_writes_one_library_and_no_leftovers(tmp_path):
     lib = cpu_kernel.build(tmp_path)
     assert lib.exists() and [p.name for p in tmp_path.iterdir()] == [lib.name]
     assert cpu_kernel.build(tmp_path) == lib  # cached: not rebuilt
+
+
+def test_threads_split_planes_without_changing_results():
+    spec, padding, _ = _spec_pad("jinc5_circ", 2)
+    x = rand(3, 5, 16, 16)
+    one = cpu_kernel.run("fused", x, spec, padding, nn.SiLU(), threads=1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.testing.assert_close(cpu_kernel.run("fused", x, spec, padding, nn.SiLU(), threads=2), one, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_a_failed_build_against_pytorch_falls_back_to_own_threads(monkeypatch, tmp_path):
+    """Linking against PyTorch's thread pool can fail (headers or libraries missing): the kernel is then built with
+    threads of its own, with one warning, and gives the same results."""
+    monkeypatch.setattr(cpu_kernel, "_aten_flags", lambda: ("-lno_such_library_afcore",))
+    monkeypatch.setattr(cpu_kernel, "_STATE", {})
+    monkeypatch.setenv("AFCORE_KERNEL_CACHE", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="without PyTorch's thread pool"):
+        assert cpu_kernel.available()
+    spec, padding, kw = _spec_pad("kaiser13_circ", 2)
+    x = rand(2, 3, 8, 8)
+    torch.testing.assert_close(cpu_kernel.run("fused", x, spec, padding, nn.SiLU(), threads=2),
+                               _ref_down(nn.functional.silu(_ref_up(x, 2, kw)), 2, kw), **TOL64)

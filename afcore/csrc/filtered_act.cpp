@@ -36,6 +36,9 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
+#ifdef AFK_ATEN
+#include <ATen/Parallel.h>
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define AFK_AVX2 1
@@ -611,8 +614,16 @@ void run(int mode, const T* x, const T* g, T* out, int64_t planes, int64_t h, in
       }
     }
   };
-  // Planes are independent: split them into contiguous ranges, one per thread (std::thread rather than OpenMP so
-  // that this library brings no second OpenMP runtime into a process that already has PyTorch's).
+  // Planes are independent: split them into contiguous ranges, one per thread. Built against PyTorch (the default),
+  // on its intra-op pool, so that no second set of threads competes with PyTorch's OpenMP workers; otherwise with
+  // std::thread (not OpenMP: that would bring a second OpenMP runtime into a process that already has PyTorch's).
+#ifdef AFK_ATEN
+  if (threads > 1 && at::get_num_threads() > 1) {
+    at::parallel_for(0, planes, std::max<int64_t>(1, planes / (4 * at::get_num_threads())),
+                     [&](int64_t begin, int64_t end) { work(begin, end); });
+    return;
+  }
+#endif
   const int64_t n_threads = std::max<int64_t>(1, std::min<int64_t>(threads, planes));
   if (n_threads == 1) {
     work(0, planes);

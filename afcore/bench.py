@@ -316,9 +316,9 @@ def _kernel_taken(shape, case: str, device) -> bool:
     kind, fname = next((k, case[len(k) + 1:]) for k in ("filtered_silu", "up", "down") if case.startswith(k + "_"))
     spec = layers.AliasFreeUpsample(2, **FILTERS[fname]).spec
     x = torch.empty(shape, device=device)
-    if kind == "down":
-        return fastops._use_kernel(x, None, spec, side=max(shape[-2:]) // 2)
-    return fastops._use_kernel(x, nn.SiLU() if kind == "filtered_silu" else None, spec)
+    if kind == "filtered_silu":
+        return fastops._use_kernel(x, nn.SiLU(), spec)
+    return fastops._use_kernel_resampler(x, spec, kind)
 
 
 def run(device: str = "auto", scale: str | None = None, rounds: int = 3) -> dict:

@@ -20,9 +20,12 @@ Same results as the readable definitions in ``afcore.signal`` (``impl="ref"``), 
 Precision: the filters run in float32 (float64 inputs stay float64) with autocast off; bf16/fp16 inputs are cast to
 float32 inside and the result is cast back, so a bf16 model gets fp32 filters.
 
-CUDA: with ``AFCORE_COMPILE=1``, ``filtered_activation`` on a CUDA tensor runs through ``torch.compile`` (inductor,
-Triton kernels) if Triton can be imported; if compilation fails it warns once and falls back to the eager fast path.
-It is opt-in because it has not been verified on a GPU.
+CUDA: with ``AFCORE_TRITON=1``, the forward pass of ``filtered_activation`` with a separable factor-2 Kaiser filter
+runs in the hand-written Triton kernel of ``afcore.triton_kernel`` (one pass, the 4x-sized activation kept in on-chip
+scratch; the backward stays eager). With ``AFCORE_COMPILE=1``, ``filtered_activation`` on a CUDA tensor runs through
+``torch.compile`` (inductor, Triton kernels) if Triton can be imported. Either one that fails warns once and falls
+back to the eager fast path. Both are opt-in because neither has been verified on a GPU yet (the Triton kernel is
+checked against the reference in Triton's CPU interpreter).
 """
 from __future__ import annotations
 
@@ -453,10 +456,11 @@ def _filtered_block_grad(flat, g, act, up, method, spec, padding, nyquist):
 
 
 KERNEL_MIN_SIDE = 16  # planes (low-rate side) from which the compiled CPU kernel beat the PyTorch path (bench)
-# lone resamplers (low-rate side): the kernel beat the matrix products for separable filters from these sizes on;
+# lone resamplers (low-rate side): the kernel beat the matrix products for separable filters from these sizes on
+# (at 16 px the two were within the run-to-run noise for up-sampling: notebook 05's routes, bench's kernel_vs_torch);
 # for radial 3x3 kernels PyTorch's depthwise convolutions were as fast or faster at every size (bench:
 # goals.kernel_vs_torch), so those stay on the PyTorch path (inside the fused activation the kernel wins)
-KERNEL_MIN_SIDE_RESAMPLER = {"up": 16, "down": 32}
+KERNEL_MIN_SIDE_RESAMPLER = {"up": 32, "down": 32}
 
 
 _KERNEL_OFF: list = []
@@ -487,14 +491,52 @@ def _use_kernel(x: torch.Tensor, act, spec: FirSpec | None, side: int | None = N
 
 
 def _use_kernel_resampler(x: torch.Tensor, spec: FirSpec, kind: str) -> bool:
-    """The compiled kernel for a lone up- or down-sampler (``kind``): separable Kaiser filters on large enough planes."""
+    """The compiled kernel for a lone up- or down-sampler (``kind``): separable Kaiser filters, large enough planes."""
     side = max(x.shape[-2:]) // (spec.factor if kind == "down" else 1)
     return (not spec.radial and side >= KERNEL_MIN_SIDE_RESAMPLER[kind]
             and _use_kernel(x, None, spec, side=side))
 
 
+_TRITON_FAILED: list = []
+
+
+def _use_triton(x: torch.Tensor, act, spec: FirSpec | None) -> tuple[int, float] | None:
+    """(activation code, parameter) when the forward pass should run in the Triton kernel (``afcore.triton_kernel``):
+    asked for with ``AFCORE_TRITON=1`` (it has not been verified on a GPU yet), a CUDA tensor (or Triton's CPU
+    interpreter, as in the tests), a separable factor-2 Kaiser filter and an activation it knows; else None."""
+    if os.environ.get("AFCORE_TRITON", "0") != "1" or _TRITON_FAILED or spec is None:
+        return None
+    from afcore import cpu_kernel, triton_kernel
+
+    found = cpu_kernel.activation_code(act)
+    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if found is None or not on_device or not triton_kernel.available() or not triton_kernel.supports(spec, found[0]):
+        return None
+    return found
+
+
+def _filtered_triton(x, act, spec, padding):
+    """The Triton forward, or None after it failed (one warning; the caller takes the eager path)."""
+    found = _use_triton(x, act, spec)
+    if found is None:
+        return None
+    from afcore import triton_kernel
+
+    try:
+        return triton_kernel.filtered_activation(x, spec, padding, *found)
+    except Exception as err:  # noqa: BLE001 -- any compiler or launch failure: fall back, say so once
+        warnings.warn(f"afcore.fastops: the Triton kernel failed ({type(err).__name__}: {err}); using the eager "
+                      "fast path", RuntimeWarning, stacklevel=3)
+        _TRITON_FAILED.append(True)
+        return None
+
+
 def _filtered_eager(x, act, up, method, spec, padding, nyquist, grad=None):
     """The fused op, blockwise; with ``grad``, the input gradient instead (recomputing each block's activation)."""
+    if grad is None and up == 2 and method == "kaiser":
+        out = _filtered_triton(x, act, spec, padding)
+        if out is not None:
+            return out
     h, w = x.shape[-2:]
     flat = x.reshape(-1, h, w).to(compute_dtype(x.dtype))
     g = None if grad is None else grad.reshape(-1, h, w).to(flat.dtype)

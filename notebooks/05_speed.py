@@ -332,6 +332,9 @@ for p in pairs:
 # - the planes are split over PyTorch's own thread pool, so a second set of threads does not fight PyTorch's OpenMP
 #   workers for the cores.
 #
+# (On a GPU the counterpart is the Triton kernel of `afcore.triton_kernel`, opt-in with `AFCORE_TRITON=1`: the same
+# four polyphase passes per output tile, verified so far only in Triton's CPU interpreter.)
+#
 # The fast path takes it for the filtered activation with any Kaiser filter (separable sinc or radial jinc) from
 # `fastops.KERNEL_MIN_SIDE` px, and for the lone separable resamplers from the sizes in
 # `fastops.KERNEL_MIN_SIDE_RESAMPLER`: where the bench measured it faster than the PyTorch fast path. The bench
@@ -344,6 +347,17 @@ goals = bench.get("goals", {})
 kv = goals.get("kernel_vs_torch", [])
 bench2_path = Path("metrics/bench_signal_2threads.json")
 goals2 = json.loads(bench2_path.read_text()).get("goals", {}) if bench2_path.exists() else {}
+
+
+def log_axes(ax, xlabel, ylabel, title):
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=6)
+
+
 if kv:
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     kcases = sorted({r["case"] for r in kv})
@@ -356,12 +370,8 @@ if kv:
             if not r["kernel_taken"]:
                 axes[0].plot(r["shape"][-1], r["fwd_bwd_speedup"], "x", color="k", ms=9)
     axes[0].axhline(1, color="grey", lw=0.8)
-    axes[0].set_xscale("log", base=2)
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("input side (px); x: not taken by the fast path")
-    axes[0].set_ylabel("PyTorch fast path / kernel (fwd+bwd)")
-    axes[0].set_title("Kernel speed-up, 1 thread")
-    axes[0].legend(fontsize=6)
+    log_axes(axes[0], "input side (px); x: not taken by the fast path", "PyTorch fast path / kernel (fwd+bwd)",
+             "Kernel speed-up, 1 thread")
     for g, style, label in ((goals, "-", "1 thread"), (goals2, "--", "2 threads (wall)")):
         cases = g.get("cases", [])
         for i, name in enumerate(sorted({c["case"] for c in cases})):
@@ -370,12 +380,7 @@ if kv:
             axes[1].plot([c["shape"][-1] for c in rows], [c[key] for c in rows], "o" + style, color=f"C{i}",
                          label=f"{name.replace('filtered_silu_', '')}, {label}")
     axes[1].axhline(goals["filtered_silu_goal_ratio"], color="k", ls="--", lw=1, label="goal")
-    axes[1].set_xscale("log", base=2)
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("feature-map side (px)")
-    axes[1].set_ylabel("filtered / plain SiLU (forward)")
-    axes[1].set_title("Against the 10x goal")
-    axes[1].legend(fontsize=6)
+    log_axes(axes[1], "feature-map side (px)", "filtered / plain SiLU (forward)", "Against the 10x goal")
     fig.tight_layout()
     save_figure(fig, f"{FIG}/cpu_kernel.png")
     plt.show()

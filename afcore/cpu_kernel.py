@@ -2,17 +2,19 @@
 
 ``afcore/csrc/filtered_act.cpp`` evaluates, one feature-map plane at a time, the polyphase FIR up-sampler, the
 FIR down-sampler and ``down(act(up(x)))`` with its input gradient, keeping the ``factor**2``-sized intermediate in a
-per-thread buffer that stays in cache. It does the banded work (about ``2 n`` multiply-adds per sample and axis for
-``n`` taps) instead of the dense resampling matrices of the PyTorch fast path, which is what makes it several times
-faster on a CPU (numbers in ``metrics/bench_signal.json``).
+per-thread buffer that stays in cache. It does only the banded work, skipping taps that vanish (a half-band filter's
+even taps), with its sums held in registers and float32 activations vectorised (the source's header says how), instead
+of the dense resampling matrices of the PyTorch fast path (numbers in ``metrics/bench_signal.json``).
 
 A 2-D kernel is passed as a sum of separable terms: one term for the separable Kaiser sinc, the singular value
 decomposition of the kernel for radial (jinc) ones (for a 3x3 jinc, 2 terms), so one code path serves both.
 
 Build: at first use, with the C++ compiler on PATH (``$CXX``, else ``g++``/``c++``), into a cache folder keyed by
-the source, the flags and the CPU (``$AFCORE_KERNEL_CACHE``, default ``~/.cache/afcore``), written under a temporary
-name and renamed, so nothing half-built is ever loaded. No compiler, or a failed build: one warning, and
-``afcore.fastops`` keeps its PyTorch path (same results). ``AFCORE_CPU_KERNEL=0`` switches the kernel off.
+the source, the flags, the CPU and the torch version (``$AFCORE_KERNEL_CACHE``, default ``~/.cache/afcore``), written
+under a temporary name and renamed, so nothing half-built is ever loaded. It is linked against libtorch to split its
+planes over PyTorch's own thread pool; if that build fails, it is built with threads of its own (one warning). No
+compiler, or no build at all: one warning, and ``afcore.fastops`` keeps its PyTorch path (same results).
+``AFCORE_CPU_KERNEL=0`` switches the kernel off.
 """
 from __future__ import annotations
 

@@ -13,9 +13,10 @@ Same results as the readable definitions in ``afcore.signal`` (``impl="ref"``), 
 - The filtered nonlinearity (up-sample, activation, low-pass, down-sample) is one autograd function that keeps only
   its input for the backward pass and recomputes the up-sampled activation there (activation checkpointing): the
   4x-sized intermediates never outlive one call.
-- On a CPU, the filtered nonlinearity with a separable Kaiser filter on planes of ``KERNEL_MIN_SIDE`` px or more
-  runs in the compiled kernel of ``afcore.cpu_kernel`` (banded polyphase filters, one plane at a time in cache),
-  forward and backward; without a C++ compiler it stays on the PyTorch path below, with the same results.
+- On a CPU, the filtered nonlinearity with a Kaiser filter (separable sinc or radial jinc) on planes of
+  ``KERNEL_MIN_SIDE`` px or more, and the lone separable resamplers from ``KERNEL_MIN_SIDE_RESAMPLER``, run in the
+  compiled kernel of ``afcore.cpu_kernel`` (banded polyphase filters, one plane at a time in cache), forward and
+  backward; without a C++ compiler they stay on the PyTorch path below, with the same results.
 
 Precision: the filters run in float32 (float64 inputs stay float64) with autocast off; bf16/fp16 inputs are cast to
 float32 inside and the result is cast back, so a bf16 model gets fp32 filters.

@@ -67,9 +67,6 @@ def _exact(device: torch.device):
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-_taps = filters.taps_array
-
-
 # ----------------------------------------------------------------------------------------------- 1-D matrices
 def _ideal_impulse(n: int, cutoff: float, edge: str) -> np.ndarray:
     return np.fft.ifft(filters.ideal_mask_1d(n, cutoff, edge=edge).numpy()).real
@@ -82,7 +79,7 @@ def up_matrix(n: int, f: int, spec: FirSpec | None = None, padding: str = "circu
     k, j = np.arange(m)[:, None], np.arange(n)[None, :]
     if spec is None:
         return f * _ideal_impulse(m, 1.0 / f, "half")[(k - f * j) % m]
-    taps = _taps(spec)
+    taps = filters.taps_array(spec)
     mat = np.zeros((m, n))
     half = len(taps) // 2
     for t, tap in enumerate(taps):  # out[k] += taps[t] z[k - (t - half)]  ->  k = f j + t - half
@@ -100,7 +97,7 @@ def down_matrix(n: int, f: int, spec: FirSpec | None = None, padding: str = "cir
     i, j = np.arange(m)[:, None], np.arange(n)[None, :]
     if spec is None:
         return _ideal_impulse(n, 1.0 / f, nyquist)[(f * i - j) % n]
-    taps = _taps(spec)
+    taps = filters.taps_array(spec)
     mat = np.zeros((m, n))
     half = len(taps) // 2
     for t, tap in enumerate(taps):  # out[i] += taps[t] x[f i - (t - half)]
@@ -133,7 +130,7 @@ def _use_matmul(h: int, w: int, f: int) -> bool:
 # ----------------------------------------------------------------------------------------------- radial FIR
 @functools.lru_cache(maxsize=64)
 def _radial_kernel(spec: FirSpec, device, dtype) -> torch.Tensor:
-    return torch.tensor(np.ascontiguousarray(_taps(spec)), dtype=dtype, device=device)
+    return torch.tensor(np.ascontiguousarray(filters.taps_array(spec)), dtype=dtype, device=device)
 
 
 def _wrap(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -269,7 +266,7 @@ def _separable_conv_up(x, spec, padding):
     """Large images: per axis, a transposed depthwise convolution of the 1-D taps (no zero-inserted tensor)."""
     f, n = spec.factor, spec.numtaps
     half, m = n // 2, -(-(n // 2) // f)
-    taps = torch.tensor(_taps(spec) * f, dtype=compute_dtype(x.dtype), device=x.device)
+    taps = torch.tensor(filters.taps_array(spec) * f, dtype=compute_dtype(x.dtype), device=x.device)
     h, w = x.shape[-2:]
     out = x.reshape(1, -1, h, w).to(taps.dtype)
     c = out.shape[1]
@@ -293,7 +290,7 @@ def _separable_conv_down(x, spec, padding):
     """Large images: per axis, a strided depthwise convolution of the 1-D taps."""
     f, n = spec.factor, spec.numtaps
     half = n // 2
-    taps = torch.tensor(_taps(spec)[::-1].copy(), dtype=compute_dtype(x.dtype), device=x.device)
+    taps = torch.tensor(filters.taps_array(spec)[::-1].copy(), dtype=compute_dtype(x.dtype), device=x.device)
     out = x.reshape(1, -1, *x.shape[-2:]).to(taps.dtype)
     c = out.shape[1]
     with _exact(x.device):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def _run_stage(tree: Path, dataset: str, config: str) -> dict:
         raise RuntimeError(f"stage failed in {tree}:\n{proc.stderr[-3000:]}")
     metrics = json.loads((tree / "metrics" / "configs_train" / f"{dataset}-{config}.json").read_text())
     # a second run must train again, not resume from the first run's checkpoint
-    subprocess.run(["rm", "-rf", str(tree / "checkpoints")], check=True)
+    shutil.rmtree(tree / "checkpoints", ignore_errors=True)
     return {"wall_s": wall, **{k: metrics[k] for k in TRAIN_KEYS}}
 
 

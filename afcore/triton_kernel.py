@@ -26,10 +26,8 @@ import functools
 import importlib.util
 import os
 
-import numpy as np
 import torch
 
-from afcore import filters
 
 BLOCK = 16          # output tile side
 PROGRAMS = 1024     # persistent programs (scratch: PROGRAMS x a few tens of kB)
@@ -154,9 +152,13 @@ if triton is not None:
 
 @functools.lru_cache(maxsize=32)
 def _taps(spec, device) -> tuple[torch.Tensor, torch.Tensor]:
-    taps = filters.taps_array(spec)
-    up = torch.tensor(np.asarray(taps) * spec.factor, dtype=torch.float32, device=device)  # gain f per axis
-    return up, torch.tensor(taps, dtype=torch.float32, device=device)
+    """The up-sampler's taps (gain ``factor`` per axis) and the down-sampler's, as the CPU kernel splits them."""
+    from afcore import cpu_kernel
+
+    (up,), _ = cpu_kernel._terms(spec, "up")
+    (down,), _ = cpu_kernel._terms(spec, "down")
+    return (torch.tensor(up, dtype=torch.float32, device=device),
+            torch.tensor(down, dtype=torch.float32, device=device))
 
 
 def supports(spec, act_code: int | None) -> bool:

@@ -1,12 +1,32 @@
-"""Shared fixtures: the smoke profile's parameters and the devices every stage's ``run`` is tested on."""
+"""Shared fixtures: the smoke profile's parameters, the devices every stage's ``run`` is tested on, and a smoke
+workspace in which upstream stages have run (by function, on the CPU, once per test session)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# stage -> the stages whose outputs it reads (the DVC graph, at the granularity of stage modules)
+UPSTREAM = {
+    "data": [],
+    "classifier": ["data"],
+    "configs_train": ["data"],
+    "configs_eval": ["configs_train", "classifier"],
+    "configs_report": ["configs_eval"],
+    "af_vae": [],
+    "af_ldm": ["af_vae", "classifier"],
+    "noise_warping": ["af_vae"],
+    "video_editing": ["af_ldm"],
+    "latent_sr": ["af_ldm"],
+    "normals": ["af_vae", "data"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +46,7 @@ def stage_device(request):
 @pytest.fixture
 def device_checks():
     """A context manager factory: ``with device_checks(device): stage.run(...)`` fails the test when the stage's
-    own code mixes devices (see afcore.devcheck)."""
+    own code mixes devices or creates tensors without naming their device."""
     from afcore import utils
 
     @contextlib.contextmanager
@@ -35,3 +55,43 @@ def device_checks():
             yield
 
     return checks
+
+
+def run_stage(name: str, params: dict, device: str, root: Path, **overrides) -> dict:
+    """``afcore.stages.<name>.run`` on the smoke config; a matrix/foreach stage's module may define
+    ``ITEMS(params) -> list of override dicts`` and is then run once per item."""
+    module = importlib.import_module(f"afcore.stages.{name}")
+    items = module.ITEMS(params) if hasattr(module, "ITEMS") and not overrides else [overrides]
+    out = {}
+    for item in items:
+        cfg = module.Config.from_params(params, **item)
+        out[tuple(sorted(item.items()))] = module.run(cfg, device, root)
+    return out if len(items) > 1 else next(iter(out.values()))
+
+
+@pytest.fixture(scope="session")
+def smoke_workspace(tmp_path_factory, smoke_params):
+    """``ensure(*stages)`` -> a session-wide workspace folder in which those stages and everything upstream of them
+    have run (on the CPU, smoke profile), each once. Set ``AFCORE_TEST_ARTIFACTS`` to a folder holding a finished
+    smoke run's outputs (data/, checkpoints/, metrics/) to copy them instead of running upstream stages."""
+    root = tmp_path_factory.mktemp("workspace")
+    done: set[str] = set()
+    cached = os.environ.get("AFCORE_TEST_ARTIFACTS")
+    if cached:
+        for sub in ("data", "checkpoints", "metrics"):
+            if (Path(cached) / sub).exists():
+                shutil.copytree(Path(cached) / sub, root / sub, dirs_exist_ok=True)
+
+    def ensure(*stages: str) -> Path:
+        for name in stages:
+            if name in done:
+                continue
+            if cached:
+                done.add(name)
+                continue
+            ensure(*UPSTREAM[name])
+            run_stage(name, smoke_params, "cpu", root)
+            done.add(name)
+        return root
+
+    return ensure

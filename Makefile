@@ -32,32 +32,32 @@ lab: install
 	jupyter lab notebooks
 
 bench: install
-	python -m afcore.bench
+	python -m workbook.bench
 
 exercises: install
-	python -m afcore.exercises notebooks student
+	python -m workbook.exercises notebooks student
 
 # make profile PROFILE=gpu   (or cpu, smoke): rewrites params.yaml from profiles/*.yaml
 profile: install
-	python -m afcore.params use $(PROFILE)
+	python -m workbook.params use $(PROFILE)
 
 # The whole pipeline on the smoke profile in a temporary copy: on the CPU (as the tests do) or on a GPU machine
 smoke: install
-	python -m afcore.smoke
+	python -m workbook.smoke
 
 smoke-gpu: install
-	python -m afcore.smoke --device cuda
+	python -m workbook.smoke --device cuda
 
 # Training-loop options (bf16 autocast, torch.compile) against the plain loop -> metrics/bench_train.json
 bench-train: install
-	python -m afcore.bench_train
+	python -m workbook.bench_train
 
 # Numbers quoted in README/docs/notebook text against metrics/ (claims: rewrite them after a re-run, then re-read)
 check-claims: install
-	python -m afcore.claims
+	python -m workbook.claims
 
 claims: install
-	python -m afcore.claims --fix
+	python -m workbook.claims --fix
 
 clean-venv:
 	rm -rf $(VENV)

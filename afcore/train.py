@@ -38,11 +38,19 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
+        # one fused multi-tensor kernel per update instead of one small kernel per parameter (a GPU launches each)
         decay = min(self.decay, (1 + step) / (10 + step))
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
-        for e, b in zip(self.model.buffers(), model.buffers()):
-            e.copy_(b)
+        ema_params, params = list(self.model.parameters()), [p.detach() for p in model.parameters()]
+        if ema_params:
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        ema_buffers, buffers = list(self.model.buffers()), list(model.buffers())
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
+
+
+def _same_keys(pending) -> bool:
+    keys = [tuple(logs) for _, _, logs, _ in pending]
+    return all(k == keys[0] for k in keys)
 
 
 def _slice_batch(batch, rank: int, world: int):
@@ -84,6 +92,7 @@ def train_loop(
     stop_after: int | None = None,
     amp: bool = False,
     compile: bool = False,
+    log_every: int = 25,
 ):
     """Train ``model`` for ``steps`` optimizer steps; returns ``(model, ema_model_or_None, history)``.
 
@@ -94,12 +103,15 @@ def train_loop(
     ``device``: 'cpu', 'cuda' or 'cuda:N' (resolve 'auto' with ``afcore.utils.pick_device`` first). ``amp``: the
     forward pass and loss run under bf16 autocast (weights, optimizer and EMA stay fp32). ``compile``: the forward
     pass goes through ``torch.compile`` (the first steps pay the compilation; checkpoints hold the plain module's
-    weights either way). ``afcore.bench_train`` measures both.
+    weights either way). ``workbook.bench_train`` measures both. ``log_every``: losses stay on the device and are
+    read back (one synchronisation) every that many steps, at checkpoints and at the end.
     """
     from accelerate import Accelerator
 
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -144,6 +156,21 @@ def train_loop(
     end = steps if stop_after is None else min(steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, initial=start, total=steps,
                disable=not accelerator.is_main_process, mininterval=2.0)
+    pending: list[tuple[int, torch.Tensor, dict, float]] = []  # steps whose loss still sits on the device
+
+    def flush():
+        # one device-to-host copy for many steps: reading a CUDA loss every step (.item()) stalls the queue
+        if not pending:
+            return
+        values = torch.stack([torch.stack([loss, *logs.values()]) if logs else loss.reshape(1)
+                              for _, loss, logs, _ in pending]).tolist() if _same_keys(pending) else None
+        for i, (step_no, loss, logs, seconds) in enumerate(pending):
+            row_values = values[i] if values is not None else [float(loss), *(float(v) for v in logs.values())]
+            history.append({"step": step_no, "loss": row_values[0], **dict(zip(logs, row_values[1:])),
+                            "seconds": seconds})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+        pending.clear()
+
     for step in bar:
         t0 = time.perf_counter()
         batch = _slice_batch(get_batch(step), accelerator.process_index, accelerator.num_processes)
@@ -158,13 +185,18 @@ def train_loop(
         optimizer.step()
         if ema is not None:
             ema.update(accelerator.unwrap_model(model), step)
-        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
-        row = {"step": step + 1, "loss": loss_value, **{k: float(v) for k, v in (logs or {}).items()},
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
+        loss_value = accelerator.reduce(loss.detach(), reduction="mean")
+        # float64 so that the history holds exactly what float(v) would have read
+        logs = {k: (v.detach().reshape(()).double() if isinstance(v, torch.Tensor)
+                    else torch.tensor(float(v), dtype=torch.float64, device=loss_value.device))
+                for k, v in (logs or {}).items()}
+        pending.append((step + 1, loss_value.reshape(()).double(), logs, time.perf_counter() - t0))
+        if len(pending) >= log_every or step + 1 == end:
+            flush()
         if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < end:
+            flush()
             checkpoint(step + 1)
+    flush()
     checkpoint(end)
     if log_csv and history and accelerator.is_main_process:
         save_csv(history, log_csv)

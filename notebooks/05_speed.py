@@ -5,7 +5,7 @@
 # the activation at the doubled rate, low-pass again and keep every second sample. This notebook counts the work in
 # principle, then shows where the measured time goes, from two sources:
 #
-# - `metrics/bench_signal.json`, written by the `bench` stage (`python -m afcore.bench`): every layer and model pair
+# - `metrics/bench_signal.json`, written by the `bench` stage (`python -m workbook.bench`): every layer and model pair
 #   timed side by side in one run, as ratios to the plain counterpart, with the device named;
 # - small measurements made here: the routes the fast resamplers can take (dense resampling matrices, banded
 #   depthwise convolutions, and on a CPU the compiled kernel of `afcore.cpu_kernel`) across feature-map sizes, and a

@@ -32,7 +32,7 @@ UPSTREAM = {
 @pytest.fixture(scope="session")
 def smoke_params():
     """The full smoke-profile params dict (built from profiles/*.yaml; the user's params.yaml is never read)."""
-    from afcore import params
+    from workbook import params
 
     return params.build("smoke")
 

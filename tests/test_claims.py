@@ -1,15 +1,15 @@
-"""Numbers quoted in README, docs and notebook text match metrics/ (afcore.claims), and the checker itself works."""
+"""Numbers quoted in README, docs and notebook text match metrics/ (workbook.claims), and the checker itself works."""
 import json
 
 import pytest
 
-from afcore import claims
+from workbook import claims
 from afcore.utils import REPO_ROOT
 
 
 def test_every_quoted_number_matches_metrics():
     problems = claims.scan(REPO_ROOT)
-    assert not problems, "\n".join(problems) + "\n(run `python -m afcore.claims --fix`, then re-read the prose)"
+    assert not problems, "\n".join(problems) + "\n(run `python -m workbook.claims --fix`, then re-read the prose)"
     assert claims.count(REPO_ROOT) > 0
 
 

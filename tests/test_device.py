@@ -3,7 +3,8 @@ forgotten `device=` visible on a CPU-only machine."""
 import pytest
 import torch
 
-from afcore import ddpm, evaluation, metrics, params, utils
+from afcore import ddpm, evaluation, metrics, utils
+from workbook import params
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """End to end: the whole DVC pipeline on the smoke profile, in a temporary copy of the repository.
 
-Never touches the user's params.yaml: the copy gets its own, written by `python -m afcore.params use smoke`.
+Never touches the user's params.yaml: the copy gets its own, written by `python -m workbook.params use smoke`.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from afcore import smoke
+from workbook import smoke
 from afcore.utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory):
-    """The same preparation as `python -m afcore.smoke` (and `make smoke-gpu`): a copy with the smoke profile,
+    """The same preparation as `python -m workbook.smoke` (and `make smoke-gpu`): a copy with the smoke profile,
     no dvc.lock, offline hubs, and the device guard on (a tensor factory without device= in our code fails)."""
     root = tmp_path_factory.mktemp("pipeline")
     env = smoke.prepare(root, device="cpu")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from afcore import params as P
-from afcore.exercises import strip_solutions
-from afcore.run import parameter_names, stage_parameters
+from workbook import params as P
+from workbook.exercises import strip_solutions
+from workbook.run import parameter_names, stage_parameters
 from afcore.utils import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.py"))
@@ -64,7 +64,7 @@ def test_every_stage_passes_only_names_its_notebook_declares():
         for body in _expand(stage):
             cmd = body["cmd"] if isinstance(body["cmd"], str) else " ".join(body["cmd"])
             m = re.search(r"afcore\.run\s+(\S+)\s+--params\s+(\S+)", cmd)
-            assert m, f"stage {name}: cmd must run a notebook through afcore.run: {cmd}"
+            assert m, f"stage {name}: cmd must run a notebook through workbook.run: {cmd}"
             notebook, spec = m.groups()
             passed = set(stage_parameters(spec, params))
             sets = re.search(r"--set\s+((?:\w+=\S+\s*)+)", cmd)
@@ -121,7 +121,7 @@ def test_exercise_copies_strip_solution_cells(tmp_path):
     assert removed == 1
     sources = [c.source for c in student.cells]
     assert "answer = 42" not in "\n".join(sources) and 'print("kept")' in sources
-    from afcore.exercises import write_student_copies
+    from workbook.exercises import write_student_copies
 
     assert write_student_copies(src, tmp_path / "student") == {"99_demo": 1}
     assert "answer = 42" not in (tmp_path / "student" / "99_demo.ipynb").read_text()
@@ -135,7 +135,7 @@ def test_theory_notebooks_have_exercises_with_solutions():
 
 
 def test_set_parameters_parse_yaml_values_and_reject_malformed_pairs():
-    from afcore.run import set_parameters
+    from workbook.run import set_parameters
 
     assert set_parameters(["dataset=mnist_m", "config=D-1N", "steps=3", "flag=true"]) == {
         "dataset": "mnist_m", "config": "D-1N", "steps": 3, "flag": True}

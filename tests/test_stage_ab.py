@@ -1,9 +1,9 @@
-"""afcore.stage_ab: runs alternate between the revisions, and the summary is the medians and savings of what ran."""
+"""workbook.stage_ab: runs alternate between the revisions, and the summary is the medians and savings of what ran."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from afcore import stage_ab
+from workbook import stage_ab
 
 
 def test_runs_alternate_and_the_summary_is_medians(monkeypatch):

@@ -87,3 +87,45 @@ def test_seeded_ddpm_runs_repeat_exactly_and_amp_runs_in_bf16(tmp_path):
     c, hist_c = run("c", amp=True)
     assert not torch.equal(a, c)
     assert abs(hist_c[0]["loss"] - hist_a[0]["loss"]) < 0.05 * hist_a[0]["loss"]  # same batch, bf16 rounding only
+
+
+def test_ema_update_matches_a_per_parameter_reference():
+    """The fused (foreach) EMA update equals the plain per-parameter lerp, warm-up included, buffers copied."""
+    from afcore.train import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ema = EMA(model, 0.9)
+    reference = [p.detach().clone() for p in model.parameters()]
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape))
+            model[1].running_mean.add_(1.0)
+        ema.update(model, step)
+        decay = min(0.9, (1 + step) / (10 + step))
+        reference = [r + (1 - decay) * (p.detach() - r) for r, p in zip(reference, model.parameters())]
+    for e, r in zip(ema.model.parameters(), reference):
+        torch.testing.assert_close(e, r, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ema.model[1].running_mean, model[1].running_mean, rtol=0, atol=0)
+
+
+def test_history_logs_every_step_with_the_loss_and_logs_of_that_step(tmp_path):
+    """Losses are read back in blocks (log_every) but every step's row holds that step's own values."""
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+        model.bias.fill_(0.25)
+
+    def loss_fn(m, batch, step):
+        loss = (m(batch) ** 2).mean()
+        return loss, {"step_times_ten": torch.tensor(10.0 * step), "plain": float(step)}
+
+    _, _, history = train_loop(model, loss_fn, lambda step: torch.full((4, 2), float(step + 1)), steps=7, lr=1e-3,
+                               ckpt_dir=tmp_path / "c", ema_decay=None, log_every=3, resume=False)
+    assert [r["step"] for r in history] == list(range(1, 8))
+    assert [r["step_times_ten"] for r in history] == [10.0 * s for s in range(7)]
+    assert [r["plain"] for r in history] == [float(s) for s in range(7)]
+    assert all(r["loss"] > 0 for r in history)
+    # step 0 sees the batch of ones through the initial weights: (0.5 + 0.5 + 0.25)^2
+    assert history[0]["loss"] == 1.25 ** 2

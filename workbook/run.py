@@ -1,7 +1,7 @@
 """Run one notebook as a pipeline stage: jupytext piped into papermill, with parameter checks and an atomic output.
 
-    python -m afcore.run notebooks/01_filters.py --params base,filters
-    python -m afcore.run notebooks/12_configs_train.py --params base,configs --set dataset=mnist config=A \
+    python -m workbook.run notebooks/01_filters.py --params base,filters
+    python -m workbook.run notebooks/12_configs_train.py --params base,configs --set dataset=mnist config=A \
         --output reports/12_configs_train/mnist-A.ipynb        (one member of a foreach/matrix stage)
 
 1. validates ``params.yaml`` (unknown keys or wrong types stop the stage with the key's name);
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from afcore import params as params_mod
+from workbook import params as params_mod
 from afcore.utils import REPO_ROOT
 
 _CELL = re.compile(r"^# %%(.*)$", re.M)
@@ -127,7 +127,7 @@ def run_notebook(notebook: str | Path, parameters: dict, output: str | Path, cwd
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m afcore.run", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m workbook.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebook")
     parser.add_argument("--params", default="base", help="comma-separated sections or section.key names")

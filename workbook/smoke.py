@@ -1,9 +1,9 @@
 """The whole pipeline on the smoke profile, in a temporary copy of the repository (never the user's params.yaml).
 
-    python -m afcore.smoke                  # CPU (what the test suite runs)
-    python -m afcore.smoke --device cuda    # every stage's code path on a GPU (make smoke-gpu): minutes, not hours
+    python -m workbook.smoke                  # CPU (what the test suite runs)
+    python -m workbook.smoke --device cuda    # every stage's code path on a GPU (make smoke-gpu): minutes, not hours
 
-The copy gets its own params.yaml (``python -m afcore.params use smoke`` with ``base.device`` overridden), an empty
+The copy gets its own params.yaml (``python -m workbook.params use smoke`` with ``base.device`` overridden), an empty
 ``dvc.lock`` so every stage really runs, offline hub settings, and ``AFCORE_DEVICE_GUARD=1`` so that a tensor factory
 called without ``device=`` in the workbook's own code fails the run (``afcore.utils.DeviceGuard``). A CUDA run that
 finds no GPU stops at once with the reason, instead of quietly running on the CPU.
@@ -46,7 +46,7 @@ def prepare(root: Path, device: str = "cpu") -> dict:
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONPATH=str(root),
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="Agg", AFCORE_DEVICE_GUARD="1")
     run_checked(["git", "init", "-q"], root, env)
-    run_checked([sys.executable, "-m", "afcore.params", "use", "smoke"], root, env)
+    run_checked([sys.executable, "-m", "workbook.params", "use", "smoke"], root, env)
     if device != "cpu":
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["base"]["device"] = device
@@ -55,7 +55,7 @@ def prepare(root: Path, device: str = "cpu") -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m afcore.smoke", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m workbook.smoke", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="base.device for every stage: cpu, cuda or cuda:N")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")

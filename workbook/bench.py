@@ -393,7 +393,7 @@ def run(device: str = "auto", scale: str | None = None, rounds: int = 3) -> dict
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m afcore.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m workbook.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     parser.add_argument("--scale", default=None, choices=sorted(LAYER_SHAPES), help="sizes (default: by device)")

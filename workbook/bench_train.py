@@ -1,7 +1,7 @@
 """The training loop's options, measured: plain fp32 vs bf16 autocast (``amp``) vs ``torch.compile`` (``compile``).
 
-    python -m afcore.bench_train                     # this machine's default device -> metrics/bench_train.json
-    python -m afcore.bench_train --device cuda --base 32 --levels 3 --batch 128
+    python -m workbook.bench_train                     # this machine's default device -> metrics/bench_train.json
+    python -m workbook.bench_train --device cuda --base 32 --levels 3 --batch 128
 
 For Config A and D-1N U-Nets, each variant runs ``--warmup`` steps (compilation happens there and is reported
 separately) and then ``--steps`` timed optimizer steps through ``afcore.train.train_loop``; the variants run one after
@@ -49,7 +49,7 @@ def measure(config: str, variant: str, device: torch.device, base: int, levels: 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m afcore.bench_train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m workbook.bench_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--base", type=int, default=16)

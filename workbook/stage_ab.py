@@ -1,4 +1,4 @@
-"""A stage's cost at two revisions of the code, measured side by side (``python -m afcore.stage_ab``).
+"""A stage's cost at two revisions of the code, measured side by side (``python -m workbook.stage_ab``).
 
 What a speed-up of the layers saves a real pipeline stage is only known by running the stage with both versions of
 the code on the same machine, one after the other: this checks out each revision into a temporary git worktree
@@ -7,7 +7,7 @@ alternating order (old, new, new, old, ...: a drift of the machine's speed affec
 time of every run and the metric the stage itself records (``train_seconds``, ``median_step_seconds`` for the Config
 training stage) to ``metrics/stage_ab.json``.
 
-    python -m afcore.stage_ab --old d76e320 --new HEAD --dataset mnist --config D-1N --repeats 2
+    python -m workbook.stage_ab --old d76e320 --new HEAD --dataset mnist --config D-1N --repeats 2
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _worktree(rev: str, where: Path) -> Path:
 
 
 def _run_stage(tree: Path, dataset: str, config: str) -> dict:
-    cmd = [sys.executable, "-m", "afcore.run", "notebooks/12_configs_train.py", "--params", "base,configs", "--set",
+    cmd = [sys.executable, "-m", "workbook.run", "notebooks/12_configs_train.py", "--params", "base,configs", "--set",
            f"dataset={dataset}", f"config={config}", "--output", str(tree / "reports" / "ab.ipynb")]
     env = {**os.environ, "PYTHONPATH": str(tree)}  # the worktree's afcore, not this checkout's
     t0 = time.perf_counter()
@@ -75,7 +75,7 @@ def compare(old: str, new: str, dataset: str, config: str, repeats: int) -> dict
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m afcore.stage_ab", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m workbook.stage_ab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", required=True, help="git revision of the code before")
     parser.add_argument("--new", default="HEAD", help="git revision of the code after (default HEAD)")

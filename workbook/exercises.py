@@ -1,6 +1,6 @@
 """Student copies of the notebooks: every cell tagged ``solution`` is replaced by an empty placeholder cell.
 
-    python -m afcore.exercises notebooks student      # (make exercises)
+    python -m workbook.exercises notebooks student      # (make exercises)
 
 Writes ``student/<name>.ipynb`` (and the paired ``.py``), ready to open in JupyterLab.
 """
@@ -47,7 +47,7 @@ def write_student_copies(source_dir: str | Path, out_dir: str | Path) -> dict[st
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m afcore.exercises", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m workbook.exercises", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source_dir", nargs="?", default="notebooks")
     parser.add_argument("out_dir", nargs="?", default="student")

@@ -8,8 +8,8 @@ A quoted number is written immediately followed by an HTML comment (invisible wh
 can also be selected by a field, ``table[config=D-1N].FID``; ``FMT`` is a Python format spec (``.1f``, ``+.2f``,
 ``,.0f``, ``.0%``). The number is the text between the previous blank (or ``|``, ``(``) and the comment.
 
-    python -m afcore.claims          # check README.md, docs/*.md and notebooks/*.py; exit 1 listing mismatches
-    python -m afcore.claims --fix    # rewrite every quoted number from metrics/ (after a re-run)
+    python -m workbook.claims          # check README.md, docs/*.md and notebooks/*.py; exit 1 listing mismatches
+    python -m workbook.claims --fix    # rewrite every quoted number from metrics/ (after a re-run)
 
 ``make check-claims`` runs the check and ``tests/test_claims.py`` does too, so a re-run that changes a number fails
 the tests until the prose is refreshed (``--fix``) and re-read: a number is easy to refresh, a sentence about which
@@ -123,7 +123,7 @@ def count(root: Path = REPO_ROOT) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m afcore.claims", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m workbook.claims", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fix", action="store_true", help="rewrite the quoted numbers from metrics/")
     args = parser.parse_args(argv)

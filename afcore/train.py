@@ -121,6 +121,9 @@ def train_loop(
     elif device.type != "cpu":
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
     accelerator = Accelerator(cpu=device.type == "cpu")
+    # where our tensors go: accelerate's device, except on the CPU, where ``device`` may be afcore.devcheck's
+    # simulated accelerator (cpu:0), which accelerate does not know
+    run_device = device if device.type == "cpu" else accelerator.device
     ckpt_dir = Path(ckpt_dir)
     ckpt_path = ckpt_dir / "last.pt"
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -136,7 +139,7 @@ def train_loop(
         accelerator.print(f"[{desc}] resumed from {ckpt_path} at step {start}")
     model, optimizer = accelerator.prepare(model, optimizer)
     if ema is not None:
-        ema.model.to(accelerator.device)
+        ema.model.to(run_device)
     forward_model = torch.compile(model) if compile else model  # shares parameters with ``model``
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bool(amp))
 
@@ -174,7 +177,7 @@ def train_loop(
     for step in bar:
         t0 = time.perf_counter()
         batch = _slice_batch(get_batch(step), accelerator.process_index, accelerator.num_processes)
-        batch = _to_device(batch, accelerator.device)
+        batch = _to_device(batch, run_device)
         with autocast:
             loss, logs = loss_fn(forward_model, batch, step)
         loss = loss.float()

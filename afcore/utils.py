@@ -50,6 +50,10 @@ def pick_device(device: str = "auto") -> torch.device:
             raise ValueError(f"base.device={device!r}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    from afcore import devcheck
+
+    if devcheck.active() and device == "cpu":
+        return devcheck.SIMULATED  # the CPU run stands in for an accelerator: see afcore.devcheck
     if os.environ.get("AFCORE_DEVICE_GUARD") == "1" and not isinstance(
             torch.overrides._get_current_function_mode(), DeviceGuard):  # the smoke pipeline's check, see DeviceGuard
         DeviceGuard().__enter__()

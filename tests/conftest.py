@@ -46,12 +46,13 @@ def stage_device(request):
 @pytest.fixture
 def device_checks():
     """A context manager factory: ``with device_checks(device): stage.run(...)`` fails the test when the stage's
-    own code mixes devices or creates tensors without naming their device."""
-    from afcore import utils
+    own code creates a tensor without naming its device (utils.DeviceGuard) or would mix the run device and the
+    host on a GPU (afcore.devcheck: on a CPU machine the run is a simulated accelerator)."""
+    from afcore import devcheck, utils
 
     @contextlib.contextmanager
     def checks(device):
-        with utils.DeviceGuard():
+        with devcheck.DeviceCheck(), utils.DeviceGuard():
             yield
 
     return checks

@@ -1,4 +1,4 @@
-"""Small helpers every notebook uses: seeding, device choice, atomic writes of metrics and figures."""
+"""Small helpers every notebook uses: seeding and atomic writes of metrics and figures (devices: afcore.device)."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,13 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# device helpers have their own module; these names stay importable from here for older notebooks
+from afcore.device import DeviceGuard, DeviceGuardError, make_generator, pick_device  # noqa: E402,F401
 
-def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
-    """Seed python, numpy and torch (and cudnn), so CPU reruns with the same params give the same numbers."""
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch, so CPU reruns with the same params give the same numbers (the cuDNN
+    determinism switches are the device's: ``afcore.device.configure_backends``)."""
     if not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     random.seed(seed)
@@ -23,87 +27,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cudnn.deterministic = deterministic
     return torch.Generator().manual_seed(seed)
-
-
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """Resolve ``base.device``: 'auto' takes CUDA when present, else the CPU; 'cpu', 'cuda' and 'cuda:N' are taken
-    literally and fail clearly when that device is not there (no silent fall-back to the CPU).
-
-    On CUDA this also allows TF32 for matmuls and convolutions (about 8x the fp32 throughput of tensor cores, at
-    float32's range with a 10-bit mantissa: well inside what training and our metrics need)."""
-    if not isinstance(device, str) or (device not in DEVICES[:3] and not device.startswith("cuda:")):
-        raise ValueError(f"base.device must be one of {list(DEVICES)}, got {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"base.device={device!r} but torch sees no CUDA device on this machine; "
-                             "use 'cpu' or 'auto'")
-        index = device.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise ValueError(f"base.device={device!r}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    from afcore import devcheck
-
-    if devcheck.active() and device == "cpu":
-        return devcheck.SIMULATED  # the CPU run stands in for an accelerator: see afcore.devcheck
-    if os.environ.get("AFCORE_DEVICE_GUARD") == "1" and not isinstance(
-            torch.overrides._get_current_function_mode(), DeviceGuard):  # the smoke pipeline's check, see DeviceGuard
-        DeviceGuard().__enter__()
-    return torch.device(device)
-
-
-FACTORIES = frozenset({"randn", "rand", "randint", "randperm", "normal", "zeros", "ones", "full", "empty", "arange",
-                       "linspace", "logspace", "eye"})
-
-
-class DeviceGuardError(RuntimeError):
-    """A tensor factory in the workbook's own code was called without naming its device."""
-
-
-class DeviceGuard(torch.overrides.TorchFunctionMode):
-    """Fail when the workbook's code (``afcore/`` or a notebook cell) calls a tensor factory (``torch.randn``,
-    ``zeros``, ``arange``, ...) without an explicit ``device=``.
-
-    On a CPU-only machine a forgotten device is invisible: the tensor lands on the CPU, where everything else is too.
-    On a GPU it means a CPU tensor in a hot loop (slow) or a device-mismatch crash. Naming the device at every
-    factory call, ``device="cpu"`` included for host-side bookkeeping, makes the omission testable here: the smoke
-    pipeline runs with ``AFCORE_DEVICE_GUARD=1``, which makes ``pick_device`` install this guard for the whole stage.
-    Library code (torch, diffusers, torchmetrics) is not checked.
-    """
-
-    def __init__(self, roots=None):
-        super().__init__()
-        self.roots = tuple(str(r) for r in (roots or (REPO_ROOT / "afcore",)))
-
-    def _ours(self, filename: str) -> bool:
-        return filename.startswith(self.roots) or "ipykernel_" in filename or filename.startswith("<ipython-input")
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__name__", "") in FACTORIES and "device" not in kwargs:
-            import sys
-
-            frame = sys._getframe(1)
-            while frame is not None and "/torch/" in frame.f_code.co_filename:
-                frame = frame.f_back
-            if frame is not None and self._ours(frame.f_code.co_filename):
-                raise DeviceGuardError(f"torch.{func.__name__}(...) without device= at "
-                                       f"{frame.f_code.co_filename}:{frame.f_lineno}: name the device it belongs on")
-        return func(*args, **kwargs)
-
-
-def make_generator(seed: int, device="cpu") -> torch.Generator:
-    """A seeded ``torch.Generator`` on ``device``: random tensors are drawn where they are used (no CPU draw and
-    copy in a hot loop), and a seeded run repeats exactly on the same device (CPU and CUDA streams differ)."""
-    return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
 
 
 def _atomic_write(path: Path, write) -> Path:

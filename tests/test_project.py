@@ -63,7 +63,7 @@ def test_every_stage_passes_only_names_its_notebook_declares():
             continue
         for body in _expand(stage):
             cmd = body["cmd"] if isinstance(body["cmd"], str) else " ".join(body["cmd"])
-            m = re.search(r"afcore\.run\s+(\S+)\s+--params\s+(\S+)", cmd)
+            m = re.search(r"workbook\.run\s+(\S+)\s+--params\s+(\S+)", cmd)
             assert m, f"stage {name}: cmd must run a notebook through workbook.run: {cmd}"
             notebook, spec = m.groups()
             passed = set(stage_parameters(spec, params))

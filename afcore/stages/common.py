@@ -14,7 +14,7 @@ import torch
 
 from afcore.metrics import mean_sem
 from afcore.train import batch_sampler
-from afcore.utils import make_generator, pick_device
+from afcore.device import make_generator, pick_device
 
 __all__ = ["StageConfig", "ConfigError", "make_generator", "batch_sampler", "pick_device", "sync", "Timer",
            "mean_sem", "paired_mean_sem", "verdict", "to01", "out_path"]
@@ -58,6 +58,11 @@ class StageConfig:
     """
 
     SECTIONS: typing.ClassVar[tuple[str, ...]] = ("base",)
+    # the base section, which every stage receives
+    profile: str = "cpu"
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = True
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))

@@ -188,3 +188,27 @@ def test_afcore_has_no_import_cycles():
     for module in graph:
         if module not in state:
             visit(module, [])
+
+
+def test_layers_import_downward_only():
+    """signal core -> layers and metrics -> models -> stages -> notebooks, and the pipeline tools apart:
+    the library never imports a stage or a tool, and a stage never imports a tool or another notebook."""
+    from workbook.deps import imported_modules
+
+    def imports(path):
+        return {m for m in imported_modules(path.read_text(), str(path))}
+
+    for path in sorted((REPO_ROOT / "afcore").glob("*.py")):
+        assert not {m for m in imports(path) if m.startswith("afcore.stages")}, f"{path.name} imports a stage"
+    import ast
+
+    for path in sorted((REPO_ROOT / "afcore").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] == "workbook" for n in names), f"{path} imports the pipeline tools"
+    core = {"filters", "signal", "fastops", "cpu_kernel", "triton_kernel", "backend"}
+    graph = _afcore_imports()
+    for module in core & set(graph):
+        above = graph[module] - core - {"utils", "device", "devcheck"}
+        assert not above, f"the signal core module {module} imports {sorted(above)} from a layer above it"

@@ -174,6 +174,9 @@ def test_afcore_has_no_import_cycles():
     graph = _afcore_imports()
     assert graph["surgery"] >= {"layers"} and "surgery" not in graph["layers"]
     assert "filters" in graph["signal"] and "filters" in graph["fastops"] and not graph["filters"]
+    # fastops computes, backend decides which engine runs (it imports the kernels only inside its functions)
+    assert "backend" in graph["fastops"] and "fastops" not in graph["backend"]
+    assert not {"backend", "fastops"} & (graph["cpu_kernel"] | graph["triton_kernel"])
     state: dict[str, int] = {}
 
     def visit(module, path):

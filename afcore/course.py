@@ -125,10 +125,17 @@ def anisotropy_db(kernel: torch.Tensor, radius: float, n_angles: int = 91) -> fl
 def rotation_psnr(op, x: torch.Tensor, angle: float, peak: float = metrics.PEAK) -> float:
     """PSNR (dB) between ``op(rotate(x))`` and ``rotate(op(x))`` inside the inscribed circle (1 px margin):
     how well an operation commutes with a band-limited (Fourier) rotation by ``angle`` degrees."""
+    a, b, mask = rotation_pair(op, x, angle)
+    return float(metrics.psnr(a * mask, b * mask, mask, peak))
+
+
+def rotation_pair(op, x: torch.Tensor, angle: float):
+    """``(op(rotate(x)), rotate(op(x)), mask)``: the two sides ``rotation_psnr`` compares and the inscribed-circle
+    mask (1 px margin), all on x's device, the mask in x's dtype."""
     a = op(signal.rotate(x, angle))
     b = signal.rotate(op(x), angle)
-    mask = signal.inscribed_circle_mask(*x.shape[-2:], margin=1.0).to(x.dtype)
-    return float(metrics.psnr(a * mask, b * mask, mask, peak))
+    mask = signal.inscribed_circle_mask(*x.shape[-2:], margin=1.0, device=x.device).to(x.dtype)
+    return a, b, mask
 
 
 # ----------------------------------------------------------------------------------------------- polyphase
@@ -163,16 +170,25 @@ def error_by_border_distance(err: torch.Tensor, mask: torch.Tensor | None = None
     """Mean of a per-pixel error map (``(..., H, W)``, averaged over leading dims) against the distance (pixels)
     of the pixel from the nearest image border: returns ``(distances, mean_error)`` for distances 0..min(H,W)//2-1,
     counting only pixels inside ``mask``."""
+    sums, counts = border_distance_sums(err, mask)
+    return np.arange(sums.numel()), (sums / counts.clamp(min=1)).cpu().numpy()
+
+
+def border_distance_sums(err: torch.Tensor, mask: torch.Tensor | None = None):
+    """Per distance from the nearest border (0..min(H,W)//2-1): the sum of the masked error (averaged over leading
+    dims) and the mask's sum, as float64 tensors on err's device (``error_by_border_distance`` divides them)."""
     h, w = err.shape[-2:]
+    dev = err.device
     e = err.to(torch.float64).reshape(-1, h, w).mean(0)
-    m = torch.ones(h, w, dtype=torch.float64, device="cpu") if mask is None else mask.to(torch.float64).reshape(-1, h, w)[0]
-    iy = torch.arange(h, device="cpu")[:, None]
-    ix = torch.arange(w, device="cpu")[None, :]
+    m = torch.ones(h, w, dtype=torch.float64, device=dev) if mask is None else \
+        mask.to(device=dev, dtype=torch.float64).reshape(-1, h, w)[0]
+    iy = torch.arange(h, device=dev)[:, None]
+    ix = torch.arange(w, device=dev)[None, :]
     dist = torch.minimum(torch.minimum(iy, h - 1 - iy), torch.minimum(ix, w - 1 - ix))
     n = min(h, w) // 2
-    sums = torch.zeros(n, dtype=torch.float64, device="cpu").index_add_(0, dist.flatten(), (e * m).flatten())
-    counts = torch.zeros(n, dtype=torch.float64, device="cpu").index_add_(0, dist.flatten(), m.flatten())
-    return np.arange(n), (sums / counts.clamp(min=1)).numpy()
+    sums = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, dist.flatten(), (e * m).flatten())
+    counts = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, dist.flatten(), m.flatten())
+    return sums, counts
 
 
 def db_from_mse(mse, peak: float = metrics.PEAK):
@@ -181,4 +197,5 @@ def db_from_mse(mse, peak: float = metrics.PEAK):
 
 
 __all__ = ["fold", "stylegan3_schedule", "stylegan3_filter", "dtft", "aliased_fraction", "response_on_circle",
-           "anisotropy_db", "rotation_psnr", "polyphase_upsample", "error_by_border_distance", "db_from_mse"]
+           "anisotropy_db", "rotation_psnr", "rotation_pair", "polyphase_upsample", "error_by_border_distance",
+           "border_distance_sums", "db_from_mse"]

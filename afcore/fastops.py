@@ -14,9 +14,13 @@ Same results as the readable definitions in ``afcore.signal`` (``impl="ref"``), 
   its input for the backward pass and recomputes the up-sampled activation there (activation checkpointing): the
   4x-sized intermediates never outlive one call.
 - On a CPU, the filtered nonlinearity with a Kaiser filter (separable sinc or radial jinc) on planes of
-  ``KERNEL_MIN_SIDE`` px or more, and the lone separable resamplers from ``KERNEL_MIN_SIDE_RESAMPLER``, run in the
-  compiled kernel of ``afcore.cpu_kernel`` (banded polyphase filters, one plane at a time in cache), forward and
-  backward; without a C++ compiler they stay on the PyTorch path below, with the same results.
+  ``backend.KERNEL_MIN_SIDE`` px or more, and the lone separable resamplers from
+  ``backend.KERNEL_MIN_SIDE_RESAMPLER``, run in the compiled kernel of ``afcore.cpu_kernel`` (banded polyphase
+  filters, one plane at a time in cache), forward and backward; without a C++ compiler they stay on the PyTorch
+  path below, with the same results.
+
+Which of these engines runs a call (compiled CPU kernel, Triton kernel, ``torch.compile``, eager PyTorch) is decided
+by ``afcore.backend`` from the tensor, the filter and the environment switches; this module only computes.
 
 Precision: the filters run in float32 (float64 inputs stay float64) with autocast off; bf16/fp16 inputs are cast to
 float32 inside and the result is cast back, so a bf16 model gets fp32 filters.
@@ -32,16 +36,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
-import os
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from afcore import filters
+from afcore import backend, filters
 from afcore.filters import FirSpec
 
 NYQUIST = ("zero", "half")
@@ -235,7 +236,7 @@ def fir_up(x: torch.Tensor, spec: FirSpec, padding: str = "circular") -> torch.T
     if spec.factor == 1:
         return x
     h, w = x.shape[-2:]
-    if _use_kernel_resampler(x, spec, "up"):
+    if backend.use_kernel_resampler(x, spec, "up"):
         return _KernelResample.apply(x, spec, padding, "up")
     if spec.radial:
         out = _radial_up(x, spec, padding)
@@ -251,7 +252,7 @@ def fir_down(x: torch.Tensor, spec: FirSpec, padding: str = "circular") -> torch
     if spec.factor == 1:
         return x
     h, w = x.shape[-2:]
-    if _use_kernel_resampler(x, spec, "down"):
+    if backend.use_kernel_resampler(x, spec, "down"):
         return _KernelResample.apply(x, spec, padding, "down")
     if spec.radial:
         out = _radial_down(x, spec, padding)
@@ -453,69 +454,9 @@ def _filtered_block_grad(flat, g, act, up, method, spec, padding, nyquist):
     return gx
 
 
-KERNEL_MIN_SIDE = 16  # planes (low-rate side) from which the compiled CPU kernel beat the PyTorch path (bench)
-# lone resamplers (low-rate side): the kernel beat the matrix products for separable filters from these sizes on
-# (at 16 px the two were within the run-to-run noise for up-sampling: notebook 05's routes, bench's kernel_vs_torch);
-# for radial 3x3 kernels PyTorch's depthwise convolutions were as fast or faster at every size (bench:
-# goals.kernel_vs_torch), so those stay on the PyTorch path (inside the fused activation the kernel wins)
-KERNEL_MIN_SIDE_RESAMPLER = {"up": 32, "down": 32}
-
-
-_KERNEL_OFF: list = []
-
-
-@contextlib.contextmanager
-def no_cpu_kernel():
-    """Run the block on the PyTorch fast path even where the compiled kernel would be taken (benchmarks, tests)."""
-    _KERNEL_OFF.append(True)
-    try:
-        yield
-    finally:
-        _KERNEL_OFF.pop()
-
-
-def _use_kernel(x: torch.Tensor, act, spec: FirSpec | None, side: int | None = None) -> bool:
-    """The compiled CPU kernel (``afcore.cpu_kernel``) for a Kaiser filter (separable sinc or radial jinc) on a CPU
-    tensor whose low-rate planes have ``side`` >= ``KERNEL_MIN_SIDE`` px (default: x's larger side); ``act`` None
-    for a lone resampler, else an activation the kernel knows."""
-    side = max(x.shape[-2:]) if side is None else side
-    if _KERNEL_OFF or spec is None or x.device.type != "cpu" or side < KERNEL_MIN_SIDE:
-        return False
-    from afcore import cpu_kernel
-
-    if act is not None and cpu_kernel.activation_code(act) is None:
-        return False
-    return cpu_kernel.available()
-
-
-def _use_kernel_resampler(x: torch.Tensor, spec: FirSpec, kind: str) -> bool:
-    """The compiled kernel for a lone up- or down-sampler (``kind``): separable Kaiser filters, large enough planes."""
-    side = max(x.shape[-2:]) // (spec.factor if kind == "down" else 1)
-    return (not spec.radial and side >= KERNEL_MIN_SIDE_RESAMPLER[kind]
-            and _use_kernel(x, None, spec, side=side))
-
-
-_TRITON_FAILED: list = []
-
-
-def _use_triton(x: torch.Tensor, act, spec: FirSpec | None) -> tuple[int, float] | None:
-    """(activation code, parameter) when the forward pass should run in the Triton kernel (``afcore.triton_kernel``):
-    asked for with ``AFCORE_TRITON=1`` (it has not been verified on a GPU yet), a CUDA tensor (or Triton's CPU
-    interpreter, as in the tests), a separable factor-2 Kaiser filter and an activation it knows; else None."""
-    if os.environ.get("AFCORE_TRITON", "0") != "1" or _TRITON_FAILED or spec is None:
-        return None
-    from afcore import cpu_kernel, triton_kernel
-
-    found = cpu_kernel.activation_code(act)
-    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if found is None or not on_device or not triton_kernel.available() or not triton_kernel.supports(spec, found[0]):
-        return None
-    return found
-
-
 def _filtered_triton(x, act, spec, padding):
     """The Triton forward, or None after it failed (one warning; the caller takes the eager path)."""
-    found = _use_triton(x, act, spec)
+    found = backend.use_triton(x, act, spec)
     if found is None:
         return None
     from afcore import triton_kernel
@@ -523,9 +464,7 @@ def _filtered_triton(x, act, spec, padding):
     try:
         return triton_kernel.filtered_activation(x, spec, padding, *found)
     except Exception as err:  # noqa: BLE001 -- any compiler or launch failure: fall back, say so once
-        warnings.warn(f"afcore.fastops: the Triton kernel failed ({type(err).__name__}: {err}); using the eager "
-                      "fast path", RuntimeWarning, stacklevel=3)
-        _TRITON_FAILED.append(True)
+        backend.triton_failed(err, stacklevel=3)
         return None
 
 
@@ -538,7 +477,7 @@ def _filtered_eager(x, act, up, method, spec, padding, nyquist, grad=None):
     h, w = x.shape[-2:]
     flat = x.reshape(-1, h, w).to(compute_dtype(x.dtype))
     g = None if grad is None else grad.reshape(-1, h, w).to(flat.dtype)
-    if _use_kernel(flat, act, spec):
+    if backend.use_kernel(flat, act, spec):
         from afcore import cpu_kernel
 
         mode = "fused" if g is None else "fused_grad"
@@ -570,21 +509,6 @@ class _FilteredActivation(torch.autograd.Function):
         return gx.to(x.dtype), None, None, None, None, None, None, None
 
 
-_COMPILED: dict = {}
-_COMPILE_FAILED: list = []
-
-
-def _compiled_fn():
-    """``torch.compile`` of the eager filtered activation (CUDA, opt-in); None when unavailable or not asked for."""
-    if _COMPILE_FAILED or os.environ.get("AFCORE_COMPILE", "0") != "1":
-        return None
-    if importlib.util.find_spec("triton") is None:
-        return None
-    if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(_filtered_eager, dynamic=False)
-    return _COMPILED["fn"]
-
-
 def filtered_activation(x: torch.Tensor, act, up: int = 2, method: str = "ideal", spec: FirSpec | None = None,
                         padding: str = "circular", nyquist: str = "zero") -> torch.Tensor:
     """Fused ``down(act(up(x)))``: the fast resamplers, input-only saved state, optional compiled path on CUDA.
@@ -593,8 +517,9 @@ def filtered_activation(x: torch.Tensor, act, up: int = 2, method: str = "ideal"
     callers route those through the unfused path).
     """
     fn = _filtered_eager
-    if x.is_cuda and _compiled_fn() is not None:
-        fn = _guarded(_compiled_fn())
+    compiled = backend.compiled(_filtered_eager) if x.is_cuda else None
+    if compiled is not None:
+        fn = _guarded(compiled)
     if torch.is_grad_enabled() and x.requires_grad:
         return _FilteredActivation.apply(x, act, up, method, spec, padding, nyquist, fn)
     with torch.no_grad():
@@ -604,13 +529,11 @@ def filtered_activation(x: torch.Tensor, act, up: int = 2, method: str = "ideal"
 def _guarded(compiled):
     """The compiled function, falling back (with one warning) to the eager path if compilation fails."""
     def call(*args):
-        if _COMPILE_FAILED:
+        if backend.compile_has_failed():
             return _filtered_eager(*args)
         try:
             return compiled(*args)
         except Exception as err:  # noqa: BLE001 -- any compiler failure: fall back, say so once
-            warnings.warn(f"afcore.fastops: torch.compile failed ({type(err).__name__}: {err}); "
-                          "using the eager fast path", RuntimeWarning, stacklevel=3)
-            _COMPILE_FAILED.append(True)
+            backend.compile_failed(err, stacklevel=3)
             return _filtered_eager(*args)
     return call

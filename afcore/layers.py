@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afcore import fastops, signal
+from afcore import backend, fastops, signal
 
 METHODS = ("ideal", "kaiser")
 IMPLS = signal.IMPLS
@@ -216,7 +216,7 @@ class FilteredActivation(nn.Module):
     with parameters (e.g. PReLU) always take the unfused composition so that their parameters get gradients.
 
     ``fused=None`` (default) fuses every filter, except the short radial (jinc) kernels of Config B-D where the
-    compiled CPU kernel is not taken (GPU tensors, planes under ``fastops.KERNEL_MIN_SIDE`` px, no compiler): there
+    compiled CPU kernel is not taken (GPU tensors, planes under ``backend.KERNEL_MIN_SIDE`` px, no compiler): there
     their up-sampler is a cheap 3x3 convolution, and recomputing it in the backward pass costs more time (measured
     about 1.2-1.3x per forward+backward on CPU) than keeping its output saves, so they run the fast resamplers
     composed by autograd, which keeps the x2 intermediates for backward. In the kernel the fused op is the faster
@@ -241,7 +241,7 @@ class FilteredActivation(nn.Module):
         """Whether the fast path fuses for input x (``fused``, or by default: see the class docstring)."""
         if self.fused is not None:
             return self.fused
-        return not self.radial or fastops._use_kernel(x, self.act, self.down_layer.spec)
+        return not self.radial or backend.use_kernel(x, self.act, self.down_layer.spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "ref" or not self.uses_fused(x) or any(True for _ in self.act.parameters()):

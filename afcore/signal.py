@@ -375,12 +375,13 @@ def radial_power_spectrum(x: torch.Tensor, n_bins: int | None = None):
     return centres, sums / counts.clamp(min=1)
 
 
-def zone_plate(h: int, w: int | None = None, max_freq: float = 0.5) -> torch.Tensor:
+def zone_plate(h: int, w: int | None = None, max_freq: float = 0.5, device="cpu") -> torch.Tensor:
     """Circular zone plate ``cos(pi max_freq r^2 / R)``: local frequency grows linearly from 0 at the centre to
-    ``max_freq`` cycles/sample at radius R (the half-diagonal's shorter side), a classic aliasing test pattern."""
+    ``max_freq`` cycles/sample at radius R (the half-diagonal's shorter side), a classic aliasing test pattern,
+    built on ``device``."""
     w = w or h
-    y = torch.arange(h, dtype=torch.float64, device="cpu") - (h - 1) / 2
-    x = torch.arange(w, dtype=torch.float64, device="cpu") - (w - 1) / 2
+    y = torch.arange(h, dtype=torch.float64, device=device) - (h - 1) / 2
+    x = torch.arange(w, dtype=torch.float64, device=device) - (w - 1) / 2
     r2 = y[:, None] ** 2 + x[None, :] ** 2
     big_r = min(h, w) / 2
     return torch.cos(math.pi * max_freq * r2 / big_r).float()

@@ -14,7 +14,7 @@
 # %% tags=["parameters"]
 profile = "cpu"
 seed = 0
-device = "cpu"
+device = "auto"
 sample_rate = 10.0
 frequencies = [2.0, 4.0, 6.0, 8.0, 12.0]
 zone_plate_size = 256
@@ -30,9 +30,10 @@ import skimage.data
 import torch
 
 from afcore import course, signal
-from afcore.utils import save_figure, save_json, seed_everything
+from afcore.utils import pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
+dev = pick_device(device)  # the images and their filters live here; the 1-D sinusoids are numpy, plots on the CPU
 FIG = "figures/00_sampling_and_aliasing"
 metrics = {"profile": profile}
 
@@ -104,7 +105,7 @@ print(f"content moves {d:+.2f} samples, its alias moves {d_alias:+.3f} samples")
 # what cannot be represented, leaving a flat grey where the rings were too fine.
 
 # %%
-zp = signal.zone_plate(zone_plate_size, zone_plate_size, max_freq=zone_plate_max_freq)
+zp = signal.zone_plate(zone_plate_size, zone_plate_size, max_freq=zone_plate_max_freq, device=dev)
 corner_freq = zone_plate_max_freq * np.sqrt(2)
 naive = zp[::decimation, ::decimation]
 filtered = signal.ideal_lowpass(zp, 1.0 / decimation)[::decimation, ::decimation]
@@ -115,11 +116,11 @@ for ax, img, title in zip(axes, [zp, naive, filtered],
                           [f"zone plate, full rate (corner {corner_freq:.2f} cyc/sample)",
                            f"every {decimation}th sample: phantom centres",
                            f"ideal low-pass, then every {decimation}th"]):
-    ax.imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    ax.imshow(img.cpu(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("x (pixels)")
     ax.set_ylabel("y (pixels)")
-im = axes[3].imshow(err, cmap="RdBu", vmin=-2, vmax=2, interpolation="nearest")
+im = axes[3].imshow(err.cpu(), cmap="RdBu", vmin=-2, vmax=2, interpolation="nearest")
 c = (naive.shape[-1] - 1) / 2
 axes[3].add_patch(plt.Circle((c, c), clean_radius * naive.shape[-1] / 2, fill=False, color="k", ls="--"))
 axes[3].set_title("aliasing = naive - filtered\n(dashed: radius where local freq = new Nyquist)", fontsize=9)
@@ -141,7 +142,8 @@ def energy(x):
 
 
 post = {c_: energy(signal.ideal_lowpass(naive, c_) - filtered) / energy(filtered) for c_ in (1.0, 0.75, 0.5, 0.25)}
-r_coarse = torch.hypot(*torch.meshgrid(torch.arange(naive.shape[0]) - c, torch.arange(naive.shape[1]) - c,
+r_coarse = torch.hypot(*torch.meshgrid(torch.arange(naive.shape[0], device=dev) - c,
+                                       torch.arange(naive.shape[1], device=dev) - c,
                                        indexing="ij")) / (naive.shape[0] / 2)
 metrics["zone_plate"] = {
     "max_freq": zone_plate_max_freq, "corner_frequency": float(corner_freq), "decimation": decimation,
@@ -178,20 +180,21 @@ assert metrics["zone_plate"]["alias_mse_inside_clean_radius"] < 0.1 * metrics["z
 photo = getattr(skimage.data, image)()
 gray = skimage.color.rgb2gray(photo) if photo.ndim == 3 else photo / 255.0
 s0 = (gray.shape[0] - zone_plate_size) // 2
-gray = torch.tensor(gray[s0:s0 + zone_plate_size, s0:s0 + zone_plate_size], dtype=torch.float32) * 2 - 1
+gray = torch.tensor(gray[s0:s0 + zone_plate_size, s0:s0 + zone_plate_size], dtype=torch.float32, device=dev) * 2 - 1
 photo_naive = gray[::decimation, ::decimation]
 photo_filtered = signal.downsample(gray, decimation, method="ideal", nyquist="half")  # split-Nyquist: Parseval below
 
 
 def log_spectrum(x):
-    hann = torch.outer(torch.hann_window(x.shape[0], periodic=False), torch.hann_window(x.shape[1], periodic=False))
-    return torch.log10(torch.fft.fftshift(torch.fft.fft2((x - x.mean()) * hann)).abs() ** 2 + 1e-6)
+    hann = torch.outer(torch.hann_window(x.shape[0], periodic=False, device=x.device),
+                       torch.hann_window(x.shape[1], periodic=False, device=x.device))
+    return torch.log10(torch.fft.fftshift(torch.fft.fft2((x - x.mean()) * hann)).abs() ** 2 + 1e-6).cpu()  # to plot
 
 
 def outside_square_fraction(x, half):
     p = torch.fft.fft2(x - x.mean()).abs() ** 2
-    fy = torch.fft.fftfreq(x.shape[0]).abs()[:, None]
-    fx = torch.fft.fftfreq(x.shape[1]).abs()[None, :]
+    fy = torch.fft.fftfreq(x.shape[0], device=x.device).abs()[:, None]
+    fx = torch.fft.fftfreq(x.shape[1], device=x.device).abs()[None, :]
     return float(p[(fy > half) | (fx > half)].sum() / p.sum())
 
 
@@ -200,7 +203,7 @@ spec_ext = [-0.5, 0.5, 0.5, -0.5]
 panels = [(gray, "texture, full rate"), (photo_naive, f"naive 1/{decimation}: broken, jagged mortar lines"),
           (photo_filtered, f"ideal low-pass, then 1/{decimation}")]
 for col, (img, title) in enumerate(panels):
-    axes[0, col].imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    axes[0, col].imshow(img.cpu(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     axes[0, col].set_title(title, fontsize=10)
     axes[0, col].set_xlabel("x (pixels)")
     axes[0, col].set_ylabel("y (pixels)")
@@ -211,7 +214,7 @@ for col, (img, title) in enumerate(panels):
     fig.colorbar(im, ax=axes[1, col], fraction=0.046)
 h = 0.5 / decimation
 axes[1, 0].add_patch(plt.Rectangle((-h, -h), 2 * h, 2 * h, fill=False, color="c", ls="--", lw=1.5))
-im = axes[0, 3].imshow(photo_naive - photo_filtered, cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+im = axes[0, 3].imshow((photo_naive - photo_filtered).cpu(), cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
 axes[0, 3].set_title("aliasing = naive - filtered", fontsize=10)
 axes[0, 3].set_xlabel("x (pixels)")
 fig.colorbar(im, ax=axes[0, 3], fraction=0.046)
@@ -268,10 +271,10 @@ def bar_supersampled(size, offset):
 def render(size, offset, how):
     fine = bar_supersampled(size, offset)
     if how == "point":
-        return torch.tensor(fine[::SUPER, ::SUPER])
+        return torch.tensor(fine[::SUPER, ::SUPER], device=dev)
     if how == "area":
-        return torch.tensor(fine.reshape(size, SUPER, size, SUPER).mean(axis=(1, 3)))
-    return signal.ideal_lowpass(torch.tensor(fine), 0.9 / SUPER)[::SUPER, ::SUPER]
+        return torch.tensor(fine.reshape(size, SUPER, size, SUPER).mean(axis=(1, 3)), device=dev)
+    return signal.ideal_lowpass(torch.tensor(fine, device=dev), 0.9 / SUPER)[::SUPER, ::SUPER]
 
 
 size = 24
@@ -284,7 +287,7 @@ for r, how in enumerate(kinds):
     vals = []
     for j, off in enumerate(offsets):
         img = render(size, off, how)
-        axes[r, j].imshow(img, cmap="gray", vmin=-0.1, vmax=1.1, interpolation="nearest")
+        axes[r, j].imshow(img.cpu(), cmap="gray", vmin=-0.1, vmax=1.1, interpolation="nearest")
         axes[r, j].set_title(f"{how}, offset {off}", fontsize=9)
         axes[r, j].set_xticks([])
         axes[r, j].set_yticks([])
@@ -292,7 +295,7 @@ for r, how in enumerate(kinds):
             moved = signal.fourier_shift(base_img, (0.0, -off))
             vals.append(float(course.db_from_mse(float((img - moved).pow(2).mean()), peak=1.0)))
             if off == 0.5:
-                im = axes[r, -1].imshow(img - moved, cmap="RdBu", vmin=-0.5, vmax=0.5, interpolation="nearest")
+                im = axes[r, -1].imshow((img - moved).cpu(), cmap="RdBu", vmin=-0.5, vmax=0.5, interpolation="nearest")
                 axes[r, -1].set_title(f"offset 0.5 minus shifted offset 0\n({vals[-1]:.1f} dB)", fontsize=9)
                 axes[r, -1].set_xticks([])
                 axes[r, -1].set_yticks([])
@@ -301,8 +304,8 @@ for r, how in enumerate(kinds):
 fig.suptitle("Moving a slanted bar by sub-pixel offsets: is the result a shift of the unmoved rendering?")
 save_figure(fig, f"{FIG}/staircase_edges.png")
 plt.show()
-box = torch.ones(SUPER, dtype=torch.float64) / SUPER
-box = torch.cat([box, torch.zeros(1, dtype=torch.float64)])  # centre it on a fine sample (odd length)
+box = torch.ones(SUPER, dtype=torch.float64, device="cpu") / SUPER  # a filter analysed in numpy: host side
+box = torch.cat([box, torch.zeros(1, dtype=torch.float64, device="cpu")])  # centre it on a fine sample (odd length)
 box_nyquist = float(course.dtft(box, np.array([0.5 / SUPER]))[0])
 sidelobe = float(course.dtft(box, np.linspace(1.0, 2.0, 201) / SUPER).max())  # first side-lobe
 metrics["staircase"] = {"offsets": offsets[1:], "shift_consistency_psnr_db": consistency,
@@ -350,8 +353,8 @@ assert fa == 3.0 and gap < 1e-9 and moved_gap < 1e-9
 predicted = 0.25 / zone_plate_max_freq
 err2 = zp[::2, ::2] - signal.ideal_lowpass(zp, 0.5)[::2, ::2]
 m2 = err2.shape[-1]
-rr = torch.hypot(*torch.meshgrid(torch.arange(m2) - (m2 - 1) / 2, torch.arange(m2) - (m2 - 1) / 2,
-                                 indexing="ij")) / (m2 / 2)
+rr = torch.hypot(*torch.meshgrid(torch.arange(m2, device=dev) - (m2 - 1) / 2,
+                                 torch.arange(m2, device=dev) - (m2 - 1) / 2, indexing="ij")) / (m2 / 2)
 ring = 2.0 / m2  # one pixel wide rings
 radii = np.arange(0.05, 1.4, ring)
 rms = [float(err2[(rr >= a) & (rr < a + ring)].pow(2).mean().sqrt()) for a in radii]
@@ -366,7 +369,7 @@ assert abs(measured - predicted) < max(0.08, 3 * ring)
 
 # %% tags=["solution"]
 def centroids(how, off):
-    img = render(size, off, how).numpy()
+    img = render(size, off, how).cpu().numpy()
     return (img * np.arange(size)).sum(-1) / img.sum(-1)
 
 

@@ -20,7 +20,7 @@
 # %% tags=["parameters"]
 profile = "cpu"
 seed = 0
-device = "cpu"
+device = "auto"
 numtaps_list = [3, 7, 13, 25]
 betas = [0.0, 1.0, 2.0, 4.0, 8.0]
 cutoff = 0.5
@@ -37,9 +37,12 @@ import skimage.transform
 import torch
 
 from afcore import course, signal
-from afcore.utils import save_figure, save_json, seed_everything
+from afcore.utils import pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
+# the filtered signals and images live on this device; the filters' taps, analysed in numpy (responses, steps), stay
+# on the CPU, and plots get CPU copies
+dev = pick_device(device)
 FIG = "figures/01_filters"
 metrics = {"profile": profile, "cutoff_fs2": cutoff}
 f_c = cutoff / 2.0  # cycles/sample
@@ -135,7 +138,8 @@ def attenuation_for_beta(beta):
 
 numtaps = 13
 step = np.r_[np.zeros(60), np.ones(60)]
-ideal_step = signal.ideal_lowpass(torch.tensor(np.r_[np.zeros(256), np.ones(256)])[None], cutoff)[0].numpy()
+long_step = torch.tensor(np.r_[np.zeros(256), np.ones(256)], device=dev)[None]
+ideal_step = signal.ideal_lowpass(long_step, cutoff)[0].cpu().numpy()
 ideal_overshoot = float(ideal_step.max() - 1.0)
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 rows = []
@@ -299,7 +303,7 @@ assert [round(k2d[f"3x3 jinc beta={b}"]["dc_gain"], 2) for b in (0, 1, 2)] == [1
 
 # %%
 img = torch.tensor(skimage.transform.resize(getattr(skimage.data, image)() / 255.0, (128, 128),
-                                            anti_aliasing=True), dtype=torch.float32) * 2 - 1
+                                            anti_aliasing=True), dtype=torch.float32, device=dev) * 2 - 1
 filters = {
     "ideal (FFT) low-pass": lambda t: signal.ideal_lowpass(t, cutoff),
     "Kaiser sinc 13, beta 8": lambda t: signal.fir_filter(t, signal.lowpass_filter(13, cutoff, beta=8.0,
@@ -308,19 +312,19 @@ filters = {
                                                                               dtype=t.dtype)),
 }
 outs = {"original": img, **{name: f(img) for name, f in filters.items()}}
-step2d = torch.tensor(np.r_[np.zeros(32), np.ones(32)], dtype=torch.float64)[None].repeat(64, 1)
+step2d = torch.tensor(np.r_[np.zeros(32), np.ones(32)], dtype=torch.float64, device=dev)[None].repeat(64, 1)
 overshoot = {name: float(f(step2d)[32, 20:44].max() - 1.0) for name, f in filters.items()}
 fig, axes = plt.subplots(1, 5, figsize=(19, 3.8), gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.6], "wspace": 0.3})
 row_idx = 60
 for ax, (name, out) in zip(axes, outs.items()):
-    ax.imshow(out[32:96, 32:96], cmap="gray", vmin=-1, vmax=1, interpolation="nearest",
+    ax.imshow(out[32:96, 32:96].cpu(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest",
               extent=[32, 96, 96, 32])
     ax.axhline(row_idx, color="r", lw=0.6)
     ax.set_title(name if name == "original" else f"{name}\n(step overshoot {overshoot[name]:.1%})", fontsize=9)
     ax.set_xlabel("x (pixels)")
 axes[0].set_ylabel("y (pixels)")
 for name, out in outs.items():
-    axes[4].plot(np.arange(32, 96), out[row_idx, 32:96], lw=1, label=name)
+    axes[4].plot(np.arange(32, 96), out[row_idx, 32:96].cpu(), lw=1, label=name)
 axes[4].set_xlabel("x (pixels)")
 axes[4].set_ylabel("intensity")
 axes[4].set_title(f"row {row_idx} (red line)")

@@ -18,7 +18,7 @@
 # %% tags=["parameters"]
 profile = "cpu"
 seed = 0
-device = "cpu"
+device = "auto"
 size = 128
 image = "astronaut"
 signal_cutoff = 0.6
@@ -37,9 +37,10 @@ import torch.nn.functional as F
 
 from afcore import layers, signal
 from afcore.metrics import spsnr
-from afcore.utils import save_figure, save_json, seed_everything
+from afcore.utils import pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
+dev = pick_device(device)  # every image, signal and layer lives here; plots get CPU copies
 FIG = "figures/02_resampling_and_nonlinearity"
 metrics = {"profile": profile, "size": size}
 ACTS = {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU(), "silu": torch.nn.SiLU()}
@@ -52,13 +53,14 @@ photo = getattr(skimage.data, image)()
 gray = skimage.color.rgb2gray(photo) if photo.ndim == 3 else photo / 255.0
 # a crop at native resolution: an anti-aliased resize first would remove the very content that aliases
 s0 = (gray.shape[0] - size) // 2
-x = torch.tensor(gray[s0:s0 + size, s0:s0 + size], dtype=torch.float32) * 2 - 1
+x = torch.tensor(gray[s0:s0 + size, s0:s0 + size], dtype=torch.float32, device=dev) * 2 - 1
 
 
 def log_spec(t):
     """log10 power with a Hann window (no bright cross from the jump between opposite borders)."""
-    hann = torch.outer(torch.hann_window(t.shape[-2], periodic=False), torch.hann_window(t.shape[-1], periodic=False))
-    return torch.log10(torch.fft.fftshift(torch.fft.fft2((t - t.mean()) * hann)).abs() ** 2 + 1e-6)
+    hann = torch.outer(torch.hann_window(t.shape[-2], periodic=False, device=t.device),
+                       torch.hann_window(t.shape[-1], periodic=False, device=t.device))
+    return torch.log10(torch.fft.fftshift(torch.fft.fft2((t - t.mean()) * hann)).abs() ** 2 + 1e-6).cpu()  # to plot
 
 
 SPEC_EXTENT = [-0.5, 0.5, 0.5, -0.5]
@@ -67,8 +69,8 @@ SPEC_EXTENT = [-0.5, 0.5, 0.5, -0.5]
 def high_band_fraction(t, band=0.25):
     """Fraction of (non-DC) energy at frequencies above `band` cycles/sample in either axis."""
     p = torch.fft.fft2(t - t.mean()).abs() ** 2
-    fy = torch.fft.fftfreq(t.shape[-2]).abs()[:, None]
-    fx = torch.fft.fftfreq(t.shape[-1]).abs()[None, :]
+    fy = torch.fft.fftfreq(t.shape[-2], device=t.device).abs()[:, None]
+    fx = torch.fft.fftfreq(t.shape[-1], device=t.device).abs()[None, :]
     high = (fy > band) | (fx > band)
     return float(p[..., high].sum() / p.sum())
 
@@ -104,9 +106,9 @@ def rel_err(out, ref):
 fig, axes = plt.subplots(2, len(down), figsize=(3.6 * len(down), 7), gridspec_kw={"wspace": 0.35})
 rows = []
 for j, (name, (out, ref)) in enumerate(down.items()):
-    axes[0, j].imshow(out, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    axes[0, j].imshow(out.cpu(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     axes[0, j].set_title(name, fontsize=9)
-    im = axes[1, j].imshow(out - ref, cmap="RdBu", vmin=-0.5, vmax=0.5, interpolation="nearest")
+    im = axes[1, j].imshow((out - ref).cpu(), cmap="RdBu", vmin=-0.5, vmax=0.5, interpolation="nearest")
     axes[1, j].set_title(f"minus ideal{' (aligned)' if ref is ideal_half else ''}: {rel_err(out, ref):.4f}",
                          fontsize=9)
     for ax in axes[:, j]:
@@ -154,7 +156,7 @@ fig, axes = plt.subplots(2, len(up), figsize=(3.8 * len(up), 7.4), gridspec_kw={
 rows = []
 for j, (name, out) in enumerate(up.items()):
     qy, qx = slice(size // 2, 3 * size // 4), slice(0, size // 4)  # a textured quarter (helmet rim)
-    axes[0, j].imshow(out[qy, qx], cmap="gray", vmin=-1, vmax=1, interpolation="nearest",
+    axes[0, j].imshow(out[qy, qx].cpu(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest",
                       extent=[qx.start, qx.stop, qy.stop, qy.start])
     axes[0, j].set_title(f"{name} (detail)", fontsize=9)
     axes[0, j].set_xlabel("x (pixels)")
@@ -196,10 +198,11 @@ rows
 
 # %%
 n = 256
-g = torch.Generator().manual_seed(seed)
-k = torch.randint(1, int(signal_cutoff * n / 2), (6,), generator=g)
-t = torch.arange(n, dtype=torch.float64)
-line = sum(torch.cos(2 * np.pi * kk * t / n + 2 * np.pi * torch.rand(1, generator=g, dtype=torch.float64))
+g = torch.Generator().manual_seed(seed)  # host-side draws (the same numbers on every device), then moved
+k = torch.randint(1, int(signal_cutoff * n / 2), (6,), generator=g, device="cpu").to(dev)
+t = torch.arange(n, dtype=torch.float64, device=dev)
+line = sum(torch.cos(2 * np.pi * kk * t / n
+                     + 2 * np.pi * torch.rand(1, generator=g, dtype=torch.float64, device="cpu").to(dev))
            for kk in k) / 3
 fine = signal.upsample(line[None], 8, method="ideal")[0]  # a proxy for the continuous signal
 fig, axes = plt.subplots(1, len(activations), figsize=(5 * len(activations), 3.6), sharey=True)
@@ -208,8 +211,8 @@ for ax, name in zip(np.atleast_1d(axes), activations):
     act = ACTS[name]
     cont = act(fine)
     spec = torch.fft.rfft(cont).abs() ** 2
-    freqs = torch.fft.rfftfreq(cont.numel()) * 8  # in cycles per original sample
-    ax.semilogy(freqs, spec + 1e-12, lw=0.8)
+    freqs = torch.fft.rfftfreq(cont.numel(), device=cont.device) * 8  # in cycles per original sample
+    ax.semilogy(freqs.cpu(), (spec + 1e-12).cpu(), lw=0.8)
     ax.axvline(signal_cutoff / 2, color="k", ls=":", lw=1, label="input band")
     ax.axvline(0.5, color="r", ls="--", lw=1, label="Nyquist of the grid")
     ax.axvspan(1.5, 2.0, color="orange", alpha=0.2, label="folds back at 2x (> 1.5)")
@@ -260,11 +263,11 @@ for name in activations:
     act = ACTS[name]
     variants = {
         "plain": act,
-        "kaiser_2x": layers.FilteredActivation(act, **kaiser),
+        "kaiser_2x": layers.FilteredActivation(act, **kaiser).to(dev),
         # the split-Nyquist convention (half weight at the edge) keeps the grid-Nyquist term this section measures;
         # the models use nyquist="zero" (the AF-LDM reference), which removes that term
-        "ideal_2x": layers.FilteredActivation(act, up=2, method="ideal", nyquist="half"),
-        "ideal_4x": layers.FilteredActivation(act, up=4, method="ideal", nyquist="half"),
+        "ideal_2x": layers.FilteredActivation(act, up=2, method="ideal", nyquist="half").to(dev),
+        "ideal_4x": layers.FilteredActivation(act, up=4, method="ideal", nyquist="half").to(dev),
     }
     variants["ideal_2x_below_nyquist"] = lambda t, f=variants["ideal_2x"]: signal.ideal_lowpass(f(t), 0.9)
     variants["ideal_4x_below_nyquist"] = lambda t, f=variants["ideal_4x"]: signal.ideal_lowpass(f(t), 0.9)
@@ -346,7 +349,7 @@ assert narrow_db > wide_db
 
 # %% tags=["solution"]
 def relu_below_nyquist(up):
-    fa_up = layers.FilteredActivation(ACTS["relu"], up=up, method="ideal", nyquist="half")
+    fa_up = layers.FilteredActivation(ACTS["relu"], up=up, method="ideal", nyquist="half").to(dev)
     return lambda t: signal.ideal_lowpass(fa_up(t), 0.9)
 
 

@@ -15,7 +15,7 @@
 # %% tags=["parameters"]
 profile = "cpu"
 seed = 0
-device = "cpu"
+device = "auto"
 size = 64
 channels = 16
 shift_steps = 8
@@ -34,10 +34,11 @@ import torch
 from torch import nn
 
 from afcore import layers, metrics as M, signal
-from afcore.utils import save_csv, save_figure, save_gif, save_json, seed_everything
+from afcore.utils import pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
 
 seed_everything(seed)
 torch.set_grad_enabled(False)
+dev = pick_device(device)  # images and networks live here (weights drawn on the CPU, then moved); plots get CPU copies
 FIG = "figures/03_equivariance"
 # The text states numbers measured on the cpu/gpu sizes; the smoke profile (tiny sizes) only checks that the code
 # runs, so the size-dependent thresholds below are asserted only when CLAIMS is true.
@@ -48,7 +49,7 @@ results = {"profile": profile, "size": size, "channels": channels,
 photo = getattr(skimage.data, image)()
 photo = photo if photo.ndim == 3 else np.stack([photo] * 3, -1)
 crop = skimage.transform.resize(photo[30:330, 120:420], (size, size), anti_aliasing=True)
-x = torch.tensor(crop, dtype=torch.float32).permute(2, 0, 1)[None] * 2 - 1
+x = torch.tensor(crop, dtype=torch.float32, device=dev).permute(2, 0, 1)[None] * 2 - 1
 x_raw = x
 x = signal.ideal_lowpass(x_raw, 0.9)  # no energy at Nyquist, so fractional shifts are well defined
 # rotation moves the square band's corners (0.45 * sqrt 2 = 0.64 cycles/sample at 45 deg) past Nyquist: for rotations
@@ -72,7 +73,7 @@ cropped, mask = signal.shift(x, d, mode="crop")
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.5))
 for ax, img, title in zip(axes, [x[0], circ[0], cropped[0], mask[None].expand(3, -1, -1)],
                           ["input", f"circular shift {d}", "cropped shift", "valid mask"]):
-    ax.imshow(((img.permute(1, 2, 0) + 1) / 2).clamp(0, 1), interpolation="nearest")
+    ax.imshow(((img.permute(1, 2, 0) + 1) / 2).clamp(0, 1).cpu(), interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
 save_figure(fig, f"{FIG}/shift_operators.png")
@@ -100,7 +101,8 @@ class RandomCNN(nn.Module):
         convs = []
         for cin, cout in [(3, width), (width, width), (width, width), (width, width), (width, 3)]:
             conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, padding_mode="circular")
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / np.sqrt(cin * kernel**2 / 2))
+            w = torch.randn(conv.weight.shape, generator=g, device="cpu")
+            conv.weight.copy_(w / np.sqrt(cin * kernel**2 / 2))
             conv.bias.zero_()
             convs.append(conv)
         self.convs = nn.ModuleList(convs)
@@ -116,6 +118,7 @@ class RandomCNN(nn.Module):
             self.down = lambda t: t[..., ::2, ::2]
             self.up = nn.Upsample(scale_factor=2, mode="nearest")
             self.out_act = torch.tanh
+        self.to(dev)  # drawn on the CPU above (the same weights on every device), used on dev
 
     def forward(self, t):
         c = self.convs
@@ -202,8 +205,8 @@ for i in range(gif_frames):
         wobble[name].append(float((back - base[name]).abs().mean()))
         panel.append(back[0])
         if i == gif_frames // 2 + 1:
-            err_maps[name] = (back - base[name]).abs().mean(1)[0]
-    frames.append(((torch.cat(panel, dim=-1).permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
+            err_maps[name] = (back - base[name]).abs().mean(1)[0].cpu()
+    frames.append(((torch.cat(panel, dim=-1).permute(1, 2, 0) + 1) / 2).clamp(0, 1).cpu().numpy())
 save_gif([np.kron(f, np.ones((3, 3, 1))) for f in frames], f"{FIG}/texture_sticking.gif", fps=6)
 pan_shown = 2.0 * (gif_frames // 2 + 1) / gif_frames
 fig, axes = plt.subplots(1, 3, figsize=(16, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.5], "wspace": 0.45})
@@ -258,7 +261,8 @@ for name, net in nets.items():
                   "EQ-T_db": M.eq_t(net, x, n=n_eq_samples, generator=g),
                   "EQ-T_frac_db": M.eq_t_frac(net, x, n=n_eq_samples, generator=g)})
 gi = torch.Generator().manual_seed(seed + 1)
-int_shifts = [(int(a), int(b)) for a, b in torch.randint(-size // 8, size // 8 + 1, (n_eq_samples, 2), generator=gi)]
+int_shifts = [(int(a), int(b)) for a, b in torch.randint(-size // 8, size // 8 + 1, (n_eq_samples, 2), generator=gi,
+                                                          device="cpu")]
 for row, (name, net) in zip(table, nets.items()):
     fx = net(x)
     mses = [float(M.mse(net(signal.shift(x, d_, mode="circular")[0]), signal.shift(fx, d_, mode="circular")[0]))
@@ -313,7 +317,7 @@ g = torch.Generator().manual_seed(seed)
 for name, net in rot_nets.items():
     eqr_table.append({"model": name, "EQ-R_db": M.eq_r(net, x_disk, n=n_eq_samples, generator=g)})
 results["eq_r"] = eqr_table
-mask_c = signal.inscribed_circle_mask(size, size, margin=1.0)
+mask_c = signal.inscribed_circle_mask(size, size, margin=1.0, device=dev)
 rot_rows = []
 fig, axes = plt.subplots(len(rot_nets), len(angles), figsize=(2.5 * len(angles) + 1, 2.7 * len(rot_nets)))
 axes = np.atleast_2d(axes)
@@ -323,7 +327,7 @@ for r, (name, net) in enumerate(rot_nets.items()):
         back = signal.rotate(net(signal.rotate(x_disk, angle)), -angle)
         value = min(float(M.psnr(back * mask_c, fx * mask_c, mask_c)), 200.0)
         rot_rows.append({"model": name, "angle": angle, "psnr_db": value})
-        im = axes[r, c].imshow(((back - fx).abs().mean(1)[0] * mask_c), cmap="magma", vmin=0, vmax=0.3,
+        im = axes[r, c].imshow(((back - fx).abs().mean(1)[0] * mask_c).cpu(), cmap="magma", vmin=0, vmax=0.3,
                                interpolation="nearest")
         axes[r, c].set_title(f"{angle:g}°: {value:.1f} dB", fontsize=8)
         axes[r, c].set_xticks([])
@@ -370,11 +374,11 @@ save_json(results, "metrics/03_equivariance.json")
 
 # %% tags=["solution"]
 hybrid_down = RandomCNN(False, channels, seed)
-hybrid_down.down = layers.AliasFreeDownsample(2, "ideal")
-hybrid_down.up = layers.AliasFreeUpsample(2, "ideal")
+hybrid_down.down = layers.AliasFreeDownsample(2, "ideal").to(dev)
+hybrid_down.up = layers.AliasFreeUpsample(2, "ideal").to(dev)
 hybrid_act = RandomCNN(False, channels, seed)
-hybrid_act.act = layers.FilteredActivation(nn.GELU())
-hybrid_act.out_act = layers.FilteredActivation(nn.Tanh())
+hybrid_act.act = layers.FilteredActivation(nn.GELU()).to(dev)
+hybrid_act.out_act = layers.FilteredActivation(nn.Tanh()).to(dev)
 ex1 = {name: float(M.spsnr(net, x, (0.0, 0.3), mode="circular"))
        for name, net in (("standard", standard), ("resampling only", hybrid_down), ("activation only", hybrid_act),
                          ("both", alias_free))}

@@ -17,13 +17,15 @@
 # %% tags=["parameters"]
 profile = "cpu"
 seed = 0
-device = "cpu"
+device = "auto"
 sizes = [16, 32, 64, 128]   # feature-map side lengths for the route comparison
 channels = 64
 elements = 1048576          # batch x channels x side^2 held constant across sizes (4 x 64 x 64 x 64)
 numtaps = 13
 rounds = 5                  # repeats per timing (the fastest is kept)
 threads = 1                 # CPU threads (the bench stage uses one as well)
+bench_scale = "auto"        # the bench stages' --scale and --rounds (python -m workbook.bench, in dvc.yaml): not
+bench_rounds = 5            # used here, where the bench's report is read (it records its scale and rounds)
 
 # %%
 import json
@@ -36,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afcore import cpu_kernel, fastops, filters, layers
+from afcore import backend, cpu_kernel, fastops, filters, layers
+from workbook.bench import profile_ops
 from afcore.utils import pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
@@ -185,7 +188,7 @@ plt.show()
 # machine (the PyTorch fast path only switches above `fastops.MATMUL_MAX` samples). The compiled kernel (where it
 # is available) does the same banded work with half-band taps skipped and its sums held in registers, and is flat
 # in $N$ too: compare its curve with the other two. This is the route the fast path takes on a CPU for the sizes in
-# `fastops.KERNEL_MIN_SIDE_RESAMPLER`; on a GPU the PyTorch routes remain.
+# `backend.KERNEL_MIN_SIDE_RESAMPLER`; on a GPU the PyTorch routes remain.
 #
 # ## 3. The benchmark: where the filtered SiLU's time goes
 #
@@ -254,23 +257,21 @@ for b in breakdown:
 # products.
 
 # %%
-from torch.profiler import ProfilerActivity, profile as torch_profile
-
 n_prof = sizes[min(2, len(sizes) - 1)]
 act = layers.FilteredActivation(nn.SiLU(), method="kaiser", numtaps=numtaps, beta=8.0, impl="fast").to(dev)
 xp = torch.randn(max(1, elements // (channels * n_prof * n_prof)), channels, n_prof, n_prof, generator=gen,
                  device=dev, requires_grad=True)
-activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-with fastops.no_cpu_kernel():
-    act(xp).sum().backward()  # warm-up: builds and caches the resampling matrices
-    with torch_profile(activities=activities) as prof:
-        xp.grad = None
-        act(xp).sum().backward()
-key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
-total_us = sum(getattr(e, key) for e in events)
-top = [{"op": e.key, "self_ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total_us, "calls": e.count}
-       for e in events[:8]]
+
+
+def fwd_bwd():
+    xp.grad = None
+    act(xp).sum().backward()
+
+
+with backend.no_cpu_kernel():
+    fwd_bwd()  # warm-up: builds and caches the resampling matrices
+    # self time on the device that ran each op (CUDA kernels' time on a GPU, CPU time on a CPU)
+    total_us, top = profile_ops(fwd_bwd, dev, top=8)
 print(f"input {tuple(xp.shape)}; total self time {total_us / 1e3:.2f} ms")
 for t in top:
     print(f"  {t['op']:40s} {t['self_ms']:8.2f} ms  {t['share']:6.1%}  ({t['calls']} calls)")
@@ -336,8 +337,8 @@ for p in pairs:
 # four polyphase passes per output tile, verified so far only in Triton's CPU interpreter.)
 #
 # The fast path takes it for the filtered activation with any Kaiser filter (separable sinc or radial jinc) from
-# `fastops.KERNEL_MIN_SIDE` px, and for the lone separable resamplers from the sizes in
-# `fastops.KERNEL_MIN_SIDE_RESAMPLER`: where the bench measured it faster than the PyTorch fast path. The bench
+# `backend.KERNEL_MIN_SIDE` px, and for the lone separable resamplers from the sizes in
+# `backend.KERNEL_MIN_SIDE_RESAMPLER`: where the bench measured it faster than the PyTorch fast path. The bench
 # stage times both in the same run (left: speed-up per case and size) and checks each filtered SiLU against the
 # goal of at most 10x the plain SiLU (right; with one thread, judged by CPU time). The `bench_2threads` stage does
 # the same with both cores, judged by wall time.

@@ -114,3 +114,24 @@ def test_error_by_border_distance_bins():
     assert list(d) == [0, 1, 2, 3]
     assert e[0] == pytest.approx(8 / 28) and np.all(e[1:] == 0)
     assert course.db_from_mse(1.0) == pytest.approx(20 * np.log10(2))
+
+
+def test_rotation_and_border_helpers_build_their_masks_on_the_input_device():
+    """On a GPU run (notebook 04) the inscribed-circle mask and the border bins must live where the images are: the
+    'meta' device stands in for CUDA (a mask built on the CPU would be a 'cpu' tensor here)."""
+    x = torch.zeros(1, 1, 16, 16, dtype=torch.float64, device="meta")
+    a, b, mask = course.rotation_pair(lambda t: t, x, 30.0)
+    assert a.device.type == b.device.type == mask.device.type == "meta" and mask.dtype == x.dtype
+    assert mask.shape == (16, 16)
+    sums, counts = course.border_distance_sums(torch.zeros(3, 16, 16, device="meta"),
+                                               torch.ones(16, 16, device="meta"))
+    assert sums.device.type == counts.device.type == "meta" and sums.shape == (8,)
+    assert signal.zone_plate(8, device="meta").device.type == "meta"  # notebook 00's test pattern
+    # on the CPU the pair gives rotation_psnr's value
+    xc = signal.ideal_lowpass(torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                                          device="cpu"), 0.9, radial=True)
+    a, b, mask = course.rotation_pair(lambda t: signal.ideal_lowpass(t, 0.5), xc, 30.0)
+    from afcore import metrics
+
+    assert float(metrics.psnr(a * mask, b * mask, mask)) == course.rotation_psnr(lambda t: signal.ideal_lowpass(t, 0.5),
+                                                                                 xc, 30.0)

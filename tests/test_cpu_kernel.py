@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from afcore import cpu_kernel, fastops, signal as S
+from afcore import backend, cpu_kernel, fastops, signal as S
 
 pytestmark = pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler: the PyTorch path is used")
 
@@ -89,7 +89,7 @@ def test_float32_kernel_agrees_with_the_float64_reference(act_name):
 def test_models_path_uses_the_kernel_and_passes_gradcheck(monkeypatch):
     """Through ``fastops.filtered_activation`` (what the layers call): the kernel is taken for a separable Kaiser
     filter, and float64 gradcheck holds for the custom backward."""
-    monkeypatch.setattr(fastops, "KERNEL_MIN_SIDE", 0)
+    monkeypatch.setattr(backend, "KERNEL_MIN_SIDE", 0)
     calls = []
     real = cpu_kernel.run
     monkeypatch.setattr(cpu_kernel, "run", lambda mode, *a, **k: calls.append(mode) or real(mode, *a, **k))
@@ -104,14 +104,14 @@ def test_lone_resamplers_take_the_kernel_and_pass_gradcheck(monkeypatch):
     """fastops.fir_up / fir_down (what AliasFreeUpsample / Downsample call) run in the kernel, forward equal to the
     reference and backward through the adjoint filters (float64 gradcheck), with circular and zero padding; radial
     filters stay on the PyTorch path."""
-    monkeypatch.setattr(fastops, "KERNEL_MIN_SIDE", 0)
-    monkeypatch.setattr(fastops, "KERNEL_MIN_SIDE_RESAMPLER", {"up": 0, "down": 0})
+    monkeypatch.setattr(backend, "KERNEL_MIN_SIDE", 0)
+    monkeypatch.setattr(backend, "KERNEL_MIN_SIDE_RESAMPLER", {"up": 0, "down": 0})
     calls = []
     real = cpu_kernel.run
     monkeypatch.setattr(cpu_kernel, "run", lambda mode, *a, **k: calls.append((mode, k.get("adjoint", False)))
                         or real(mode, *a, **k))
     jinc, _, _ = _spec_pad("jinc3_zeros", 2)
-    assert not fastops._use_kernel_resampler(torch.zeros(1, 1, 64, 64), jinc, "up")
+    assert not backend.use_kernel_resampler(torch.zeros(1, 1, 64, 64), jinc, "up")
     for name in ("kaiser13_circ", "sinc7_zeros"):
         spec, padding, kw = _spec_pad(name, 2)
         x = rand(1, 2, 4, 6).requires_grad_(True)
@@ -166,15 +166,15 @@ def test_kernel_is_not_taken_for_ideal_small_or_unknown_cases(monkeypatch):
     spec, _, _ = _spec_pad("kaiser13_circ", 2)
     jinc, _, _ = _spec_pad("jinc3_zeros", 2)
     big = torch.zeros(1, 1, 64, 64)
-    assert fastops._use_kernel(big, nn.SiLU(), spec)
-    assert fastops._use_kernel(big, nn.SiLU(), jinc)
-    assert fastops._use_kernel_resampler(big, spec, "up") and fastops._use_kernel_resampler(big, spec, "down")
-    assert not fastops._use_kernel_resampler(big[..., :32, :32], spec, "down")  # low-rate side 16 < 32
-    assert not fastops._use_kernel(big, nn.SiLU(), None)  # ideal filters: matrix products / FFT
-    assert not fastops._use_kernel(torch.zeros(1, 1, 8, 8), nn.SiLU(), spec)
-    assert not fastops._use_kernel(big, nn.PReLU(), spec)
-    with fastops.no_cpu_kernel():
-        assert not fastops._use_kernel(big, nn.SiLU(), spec)
+    assert backend.use_kernel(big, nn.SiLU(), spec)
+    assert backend.use_kernel(big, nn.SiLU(), jinc)
+    assert backend.use_kernel_resampler(big, spec, "up") and backend.use_kernel_resampler(big, spec, "down")
+    assert not backend.use_kernel_resampler(big[..., :32, :32], spec, "down")  # low-rate side 16 < 32
+    assert not backend.use_kernel(big, nn.SiLU(), None)  # ideal filters: matrix products / FFT
+    assert not backend.use_kernel(torch.zeros(1, 1, 8, 8), nn.SiLU(), spec)
+    assert not backend.use_kernel(big, nn.PReLU(), spec)
+    with backend.no_cpu_kernel():
+        assert not backend.use_kernel(big, nn.SiLU(), spec)
     with pytest.raises(ValueError, match="activation"):
         cpu_kernel.run("fused", big, spec, "circular", nn.PReLU())
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from afcore import fastops, layers as L, signal as S
+from afcore import backend, fastops, layers as L, signal as S
 
 TOL64 = dict(rtol=0, atol=1e-10)
 FILTERS = {
@@ -119,8 +119,8 @@ def test_fused_filtered_activation_saves_only_its_input(name):
     assert unfused >= 4 * x.numel()
     # the default: fused, except a radial kernel where the compiled CPU kernel is not taken
     layer = L.FilteredActivation(nn.SiLU(), **FILTERS[name])
-    assert layer.uses_fused(x) == (name != "jinc3_zeros" or fastops._use_kernel(x, nn.SiLU(), layer.down_layer.spec))
-    with fastops.no_cpu_kernel():
+    assert layer.uses_fused(x) == (name != "jinc3_zeros" or backend.use_kernel(x, nn.SiLU(), layer.down_layer.spec))
+    with backend.no_cpu_kernel():
         assert layer.uses_fused(x) == (name != "jinc3_zeros")
         assert layer.uses_fused(x[..., :8, :8]) == (name != "jinc3_zeros")
 
@@ -183,7 +183,7 @@ def test_compiled_path_falls_back_with_one_warning_when_compilation_fails(monkey
     def broken(*args):
         raise RuntimeError("no C compiler")
 
-    monkeypatch.setattr(fastops, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(backend, "_COMPILE_FAILED", [])
     call = fastops._guarded(broken)
     x = rand(1, 2, 8, 8)
     args = (x, nn.SiLU(), 2, "ideal", None, "circular", "zero")
@@ -197,6 +197,36 @@ def test_compiled_path_falls_back_with_one_warning_when_compilation_fails(monkey
 
 def test_compiled_path_is_only_considered_on_cuda(monkeypatch):
     calls = []
-    monkeypatch.setattr(fastops, "_compiled_fn", lambda: calls.append(1) or None)
+    monkeypatch.setattr(backend, "compiled", lambda fn: calls.append(1) or None)
     fastops.filtered_activation(rand(1, 1, 4, 4), nn.SiLU())
     assert not calls  # CPU tensors never reach the compiler
+
+
+def test_the_backend_choice_lives_in_afcore_backend_and_reads_its_switches_at_every_call(monkeypatch):
+    """fastops computes, afcore.backend decides: no environment variable is read in fastops, and the switches
+    (AFCORE_TRITON, AFCORE_COMPILE) take effect per call, without re-importing anything."""
+    import inspect
+
+    source = inspect.getsource(fastops)
+    assert "os.environ" not in source and "getenv" not in source and "\nimport os\n" not in source
+    spec = fastops.FirSpec(factor=2, numtaps=13, beta=8.0, radial=False, normalize=True)
+    x = rand(1, 1, 32, 32)
+    monkeypatch.delenv("AFCORE_TRITON", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert backend.use_triton(x, nn.SiLU(), spec) is None
+    monkeypatch.setenv("AFCORE_TRITON", "1")
+    assert backend.use_triton(x, nn.SiLU(), spec) is None  # a CPU tensor outside Triton's interpreter
+    assert backend.use_triton(x, nn.SiLU(), None) is None  # ideal filters: no Triton kernel
+    monkeypatch.setattr(backend, "_COMPILED", {})
+    monkeypatch.setattr(backend, "_COMPILE_FAILED", [])
+    monkeypatch.delenv("AFCORE_COMPILE", raising=False)
+    assert backend.compiled(fastops._filtered_eager) is None
+    monkeypatch.setenv("AFCORE_COMPILE", "0")
+    assert backend.compiled(fastops._filtered_eager) is None
+    # the kernel switch of a block, and the plane size it starts from
+    big = rand(1, 2, backend.KERNEL_MIN_SIDE, backend.KERNEL_MIN_SIDE)
+    taken = backend.use_kernel(big, nn.SiLU(), spec)
+    with backend.no_cpu_kernel():
+        assert not backend.use_kernel(big, nn.SiLU(), spec)
+    assert backend.use_kernel(big, nn.SiLU(), spec) == taken
+    assert not backend.use_kernel(big[..., :-1, :-1], nn.SiLU(), spec)

@@ -127,6 +127,14 @@ def test_exercise_copies_strip_solution_cells(tmp_path):
     assert "answer = 42" not in (tmp_path / "student" / "99_demo.ipynb").read_text()
 
 
+def test_theory_notebooks_run_on_their_device_parameter():
+    """00-05 default to device "auto" and resolve it with pick_device (a GPU run must not silently stay on the CPU)."""
+    for stem in ("00_", "01_", "02_", "03_", "04_", "05_"):
+        nb = next(p for p in NOTEBOOKS if p.name.startswith(stem))
+        assert parameter_names(nb)["device"] == "auto", f"{nb.name}: the device default must be 'auto'"
+        assert "dev = pick_device(device)" in nb.read_text(), f"{nb.name}: never resolves its device parameter"
+
+
 def test_theory_notebooks_have_exercises_with_solutions():
     for stem in ("00_", "01_", "02_", "03_"):
         nb = next((p for p in NOTEBOOKS if p.name.startswith(stem)), None)
@@ -174,6 +182,9 @@ def test_afcore_has_no_import_cycles():
     graph = _afcore_imports()
     assert graph["surgery"] >= {"layers"} and "surgery" not in graph["layers"]
     assert "filters" in graph["signal"] and "filters" in graph["fastops"] and not graph["filters"]
+    # fastops computes, backend decides which engine runs (it imports the kernels only inside its functions)
+    assert "backend" in graph["fastops"] and "fastops" not in graph["backend"]
+    assert not {"backend", "fastops"} & (graph["cpu_kernel"] | graph["triton_kernel"])
     state: dict[str, int] = {}
 
     def visit(module, path):

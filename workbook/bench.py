@@ -18,9 +18,13 @@ its fastest round: on a shared machine the minimum is the least disturbed measur
 measured under the same conditions. On a CPU the times are CPU time (the thread's with ``--threads 1``, else the process's),
 which other jobs on a shared machine inflate far less than wall time (also recorded); CUDA timings are synchronised
 wall time. The committed CPU numbers were taken with ``--threads 1`` on a 2-core machine shared with other jobs. The JSON records the device, torch and scale.
-``--scale cpu`` (default on CPU) uses the cpu profile's model sizes, ``--scale gpu`` (default on CUDA) the sizes
-quoted in issue 12 (Config base 32 / 3 levels / batch 64, VAE 128-256-512-512 at 256 px / batch 8, LDM
-192-384-384-768 on 32x32 latents / batch 32).
+``--scale cpu`` (what ``--scale auto``, the default, takes on a CPU) uses the cpu profile's model sizes, ``--scale gpu``
+(auto on CUDA) the sizes quoted in issue 12 (Config base 32 / 3 levels / batch 64, VAE 128-256-512-512 at 256 px /
+batch 8, LDM 192-384-384-768 on 32x32 latents / batch 32), ``--scale smoke`` tiny ones (seconds: the smoke
+profile's ``speed.bench_scale``, with ``speed.bench_rounds``).
+
+The report goes to ``--out`` exactly as given, default ``metrics/bench_signal.json``, on every device (the path DVC
+declares); the JSON records the device (``device``, ``device_type``), threads, torch version and scale.
 """
 from __future__ import annotations
 
@@ -30,12 +34,13 @@ import datetime
 import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afcore import fastops, layers
+from afcore import backend, layers
 from afcore.utils import REPO_ROOT, save_json
 
 LAYER_SHAPES = {"cpu": ((8, 64, 16, 16), (8, 64, 32, 32), (4, 64, 64, 64)),
@@ -167,7 +172,7 @@ def bench_layers(device, shapes, rounds: int) -> list[dict]:
 
         def _ctx(key):
             if key.endswith("[fast_torch]"):
-                return fastops.no_cpu_kernel()
+                return backend.no_cpu_kernel()
             return _env("AFCORE_TRITON", "1") if key.endswith("[fast_triton]") else contextlib.nullcontext()
 
         def fwd(key, m):
@@ -291,7 +296,7 @@ def bench_models(device, sizes, rounds: int) -> list[dict]:
             def run(forward_only=False):
                 models[k].train()
                 opts[k].zero_grad(set_to_none=True)
-                with fastops.no_cpu_kernel() if k == "af_torch" else contextlib.nullcontext():
+                with backend.no_cpu_kernel() if k == "af_torch" else contextlib.nullcontext():
                     out = loss(models[k])
                     if not forward_only:
                         out.backward()
@@ -314,6 +319,47 @@ def bench_models(device, sizes, rounds: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- report
+DEFAULT_OUT = "metrics/bench_signal.json"
+
+
+def output_path(out: str | Path | None, root: Path = REPO_ROOT) -> Path:
+    """Where the report goes: ``out`` exactly as given (a relative path is relative to the working directory, the
+    repository root under DVC), else ``DEFAULT_OUT`` under ``root``. Never by device: DVC declares one path per
+    stage (``metrics/bench_signal.json``, ``metrics/bench_signal_2threads.json``), and the JSON says the device."""
+    return Path(out) if out else Path(root) / DEFAULT_OUT
+
+
+def write_report(report: dict, out: str | Path | None = None, root: Path = REPO_ROOT) -> Path:
+    """Save ``report`` (which records ``device`` and ``device_type``) at ``output_path(out, root)``."""
+    path = output_path(out, root)
+    save_json(report, path)
+    return path
+
+
+def self_time_us(event, device_type: str) -> float:
+    """Self time in microseconds of one ``torch.profiler`` averaged event, on the device that ran the op: the
+    accelerator's (``self_device_time_total``; torch >= 2.4 no longer has ``self_cuda_time_total``) for CUDA, else
+    the CPU's (``self_cpu_time_total``)."""
+    return float(event.self_device_time_total if device_type == "cuda" else event.self_cpu_time_total)
+
+
+def profile_ops(fn, device, top: int = 8) -> tuple[float, list[dict]]:
+    """Run ``fn()`` once under ``torch.profiler`` (CPU activity, plus CUDA on a CUDA device) and return the total
+    self time (microseconds, on the device that ran the ops: ``self_time_us``) and the ``top`` operators by self time:
+    ``{"op", "self_ms", "share", "calls"}``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kind = torch.device(device).type
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kind == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: self_time_us(e, kind), reverse=True)
+    total_us = sum(self_time_us(e, kind) for e in events)
+    rows = [{"op": e.key, "self_ms": self_time_us(e, kind) / 1e3,
+             "share": self_time_us(e, kind) / total_us if total_us else 0.0, "calls": e.count} for e in events[:top]]
+    return total_us, rows
+
+
 def goals(layer_rows: list[dict], device) -> dict:
     """The CPU goal for the filtered SiLU (<= 10x the plain SiLU) per filter and size: the fast path's forward
     ratio, whether it is met and by what factor it is missed; and the compiled kernel against the PyTorch fast path."""
@@ -356,8 +402,20 @@ def _kernel_taken(shape, case: str, device) -> bool:
     spec = layers.AliasFreeUpsample(2, **FILTERS[fname]).spec
     x = torch.empty(shape, device=device)
     if kind == "filtered_silu":
-        return fastops._use_kernel(x, nn.SiLU(), spec)
-    return fastops._use_kernel_resampler(x, spec, kind)
+        return backend.use_kernel(x, nn.SiLU(), spec)
+    return backend.use_kernel_resampler(x, spec, kind)
+
+
+SCALES = ("auto", *LAYER_SHAPES)
+
+
+def resolve_scale(scale: str | None, device_type: str) -> str:
+    """``auto`` (or None): ``gpu`` on CUDA, else ``cpu``; otherwise one of ``LAYER_SHAPES``' keys, as given."""
+    if scale in (None, "auto"):
+        return "gpu" if device_type == "cuda" else "cpu"
+    if scale not in LAYER_SHAPES:
+        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+    return scale
 
 
 def run(device: str = "auto", scale: str | None = None, rounds: int = 3) -> dict:
@@ -365,9 +423,9 @@ def run(device: str = "auto", scale: str | None = None, rounds: int = 3) -> dict
                        ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but CUDA is not available")
-    scale = scale or ("gpu" if dev.type == "cuda" else "cpu")
-    if scale not in LAYER_SHAPES:
-        raise ValueError(f"scale must be one of {list(LAYER_SHAPES)}, got {scale!r}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    scale = resolve_scale(scale, dev.type)
     t0 = time.perf_counter()
     layer_rows = bench_layers(dev, LAYER_SHAPES[scale], rounds)
     model_rows = bench_models(dev, MODELS[scale], rounds)
@@ -396,19 +454,20 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workbook.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
-    parser.add_argument("--scale", default=None, choices=sorted(LAYER_SHAPES), help="sizes (default: by device)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", default="auto", choices=SCALES,
+                        help="sizes: auto (gpu on CUDA, else cpu), cpu, gpu or smoke (seconds)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per case (the fastest is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=None, help="default metrics/bench_signal.json (cpu) or "
-                                                    "metrics/bench_signal_<device type>.json")
+    parser.add_argument("--out", default=None, help=f"report path (default {DEFAULT_OUT} under the repository root, "
+                                                    "on every device: the JSON records the device)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args.device, args.scale, args.rounds)
     report["wall_s"] = time.perf_counter() - report.pop("_t0")
-    out = args.out or str(REPO_ROOT / "metrics" / ("bench_signal.json" if report["device_type"] == "cpu"
-                                                   else f"bench_signal_{report['device_type']}.json"))
-    save_json(report, out)
+    out = write_report(report, args.out)
     print(f"{report['device']} ({report['device_type']}, {report['threads']} threads), scale {report['scale']}")
     for r in report["layers"]:
         print(f"{str(tuple(r['shape'])):18s} {r['case']:24s} {r['impl']:10s} fwd {r['fwd_ms']:8.2f} ms "

@@ -1,7 +1,7 @@
 """Each DVC stage's code dependencies, derived from what its code imports, so that they cannot drift.
 
 A stage's entry is the notebook it runs (``python -m workbook.run notebooks/X.py ...``) or the module it runs
-(``python -m workbook.bench ...``). Its code dependencies are that entry plus every ``afcore`` module in the entry's
+(``python -m workbook.bench ...``). Its code dependencies are that entry plus every ``afcore`` (and ``workbook``) module in the entry's
 import closure (imports inside functions included, package ``__init__`` files included), plus the C++ source of the
 compiled kernel when ``afcore.cpu_kernel`` is in the closure. Data, checkpoint and metrics dependencies in dvc.yaml
 are left as they are.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from afcore.utils import REPO_ROOT
 
-PACKAGE = "afcore"
+PACKAGES = ("afcore", "workbook")  # the code whose changes re-run a stage
 EXTRA_SOURCES = {"afcore/cpu_kernel.py": ["afcore/csrc/filtered_act.cpp"]}  # files a module reads at run time
 
 
@@ -33,16 +33,16 @@ def _module_file(dotted: str, root: Path) -> Path | None:
 
 
 def imported_modules(source: str, filename: str = "<source>") -> set[str]:
-    """Dotted names of the ``afcore`` modules a source imports anywhere (top level or inside functions).
+    """Dotted names of the ``afcore`` and ``workbook`` modules a source imports anywhere (top level or inside functions).
 
     ``from afcore import x`` counts ``afcore.x`` when that is a module (else the package ``afcore`` itself);
     ``import afcore.x.y`` counts ``afcore.x.y``."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(source, filename=filename)):
         if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+            names.update(a.name for a in node.names if a.name.split(".")[0] in PACKAGES)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == PACKAGE:
+                and node.module.split(".")[0] in PACKAGES:
             names.add(node.module)
             names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
@@ -89,7 +89,7 @@ def stage_entry(cmd: str) -> Path:
 
 
 def _is_code(dep: str) -> bool:
-    return dep.startswith((f"{PACKAGE}/", "notebooks/", "workbook/"))
+    return dep.startswith(tuple(f"{p}/" for p in PACKAGES) + ("notebooks/",))
 
 
 def _stage_bodies(stages: dict):

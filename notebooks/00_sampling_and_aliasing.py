@@ -15,6 +15,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 sample_rate = 10.0
 frequencies = [2.0, 4.0, 6.0, 8.0, 12.0]
 zone_plate_size = 256
@@ -33,7 +34,7 @@ from afcore import course, signal
 from afcore.utils import pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)  # the images and their filters live here; the 1-D sinusoids are numpy, plots on the CPU
+dev = pick_device(device, deterministic)  # the images and their filters live here; the 1-D sinusoids are numpy, plots on the CPU
 FIG = "figures/00_sampling_and_aliasing"
 metrics = {"profile": profile}
 

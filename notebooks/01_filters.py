@@ -21,6 +21,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 numtaps_list = [3, 7, 13, 25]
 betas = [0.0, 1.0, 2.0, 4.0, 8.0]
 cutoff = 0.5
@@ -42,7 +43,7 @@ from afcore.utils import pick_device, save_figure, save_json, seed_everything
 seed_everything(seed)
 # the filtered signals and images live on this device; the filters' taps, analysed in numpy (responses, steps), stay
 # on the CPU, and plots get CPU copies
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 FIG = "figures/01_filters"
 metrics = {"profile": profile, "cutoff_fs2": cutoff}
 f_c = cutoff / 2.0  # cycles/sample

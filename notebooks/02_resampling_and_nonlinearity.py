@@ -19,6 +19,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 size = 128
 image = "astronaut"
 signal_cutoff = 0.6
@@ -40,7 +41,7 @@ from afcore.metrics import spsnr
 from afcore.utils import pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)  # every image, signal and layer lives here; plots get CPU copies
+dev = pick_device(device, deterministic)  # every image, signal and layer lives here; plots get CPU copies
 FIG = "figures/02_resampling_and_nonlinearity"
 metrics = {"profile": profile, "size": size}
 ACTS = {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU(), "silu": torch.nn.SiLU()}

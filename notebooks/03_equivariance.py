@@ -16,6 +16,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 size = 64
 channels = 16
 shift_steps = 8
@@ -38,7 +39,7 @@ from afcore.utils import pick_device, save_csv, save_figure, save_gif, save_json
 
 seed_everything(seed)
 torch.set_grad_enabled(False)
-dev = pick_device(device)  # images and networks live here (weights drawn on the CPU, then moved); plots get CPU copies
+dev = pick_device(device, deterministic)  # images and networks live here (weights drawn on the CPU, then moved); plots get CPU copies
 FIG = "figures/03_equivariance"
 # The text states numbers measured on the cpu/gpu sizes; the smoke profile (tiny sizes) only checks that the code
 # runs, so the size-dependent thresholds below are asserted only when CLAIMS is true.

@@ -19,6 +19,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 img_resolution = 256
 num_layers = 14
 size = 64
@@ -41,7 +42,7 @@ from afcore.utils import pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
 torch.set_grad_enabled(False)
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 FIG = "figures/04_design"
 # The text states numbers measured on the cpu/gpu sizes; the smoke profile (tiny sizes) only checks that the code
 # runs, so the size-dependent thresholds below are asserted only when CLAIMS is true.

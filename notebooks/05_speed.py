@@ -18,6 +18,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 sizes = [16, 32, 64, 128]   # feature-map side lengths for the route comparison
 channels = 64
 elements = 1048576          # batch x channels x side^2 held constant across sizes (4 x 64 x 64 x 64)
@@ -43,7 +44,7 @@ from workbook.bench import profile_ops
 from afcore.utils import pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 if dev.type == "cpu":
     torch.set_num_threads(threads)
 FIG = "figures/05_speed"

@@ -32,8 +32,8 @@ import torch
 
 from afcore.flow import grid, sample_at
 
-__all__ = ["METHODS", "RFFNoise", "gp_length_scale", "conditional_upsample", "integral_warp", "noise_video",
-           "noise_stats"]
+__all__ = ["METHODS", "RFFNoise", "GP_CHUNK_ELEMENTS", "chunk_plan", "gp_length_scale", "conditional_upsample",
+           "integral_warp", "noise_video", "noise_stats"]
 
 METHODS = ("fixed", "resample", "nearest", "bilinear", "hiwyn", "gp_fixed", "gp_resample", "gp_nearest",
            "gp_bilinear", "gp_warp")
@@ -50,32 +50,70 @@ def gp_length_scale(resolution: int | None = None, unit: str = "pixel") -> float
     raise ValueError(f"unit must be 'pixel' or 'unit_square', got {unit!r}")
 
 
+# the largest intermediate of an RFFNoise evaluation, in elements (phases, then cosines in place): 1 GiB at float32.
+# Large enough that every evaluation of the smoke and cpu profiles' notebook runs in one piece (as before the budget
+# existed, so their numbers are unchanged), small enough for a GPU at the gpu profile's sizes (a 1000-frame batch of
+# 128x128x4 noise with J = 3000 would otherwise need a 67 GB phase tensor).
+GP_CHUNK_ELEMENTS = 1 << 28
+
+
+def chunk_plan(batch: int, positions: int, width: int, budget: int = GP_CHUNK_ELEMENTS) -> tuple[int, int]:
+    """How :class:`RFFNoise` splits an evaluation so that no intermediate exceeds ``budget`` elements.
+
+    The phase tensor of ``batch`` noises at ``positions`` points with ``width`` = channels x features has
+    ``batch * positions * width`` elements. Returns ``(batch_step, position_step)``: all of the batch and as many
+    positions as fit; when even one position of the whole batch does not fit, one position at a time for as many
+    batch members as fit. ``batch_step * position_step * width <= budget`` always holds.
+    """
+    if min(batch, positions, width) < 1:
+        raise ValueError(f"batch, positions and width must be >= 1, got {batch}, {positions}, {width}")
+    if budget < width:
+        raise ValueError(f"chunk budget ({budget} elements) is below one position's channels x features ({width}); "
+                         f"raise chunk to at least {width}")
+    if batch * width <= budget:
+        return batch, min(positions, budget // (batch * width))
+    return budget // width, 1
+
+
 class RFFNoise:
     """A batch of independent GP noise functions (B, C) by random Fourier features, evaluated at pixel positions.
 
     ``length_scale`` in pixels; ``features`` J; z's norm is truncated at ``truncation / length_scale`` by rejection.
-    Call with positions (B, 2, H, W) (y, x) or ``grid_size=(H, W)``; returns (B, C, H, W).
+    Call with positions (B, 2, H, W) (y, x) or ``grid_size=(H, W)``; returns (B, C, H, W) on ``device``.
+
+    The random parameters are drawn (in float64) where ``generator`` lives, else on ``device`` (a generator on the
+    GPU: nothing is drawn on the CPU and copied), and kept on ``device`` (default: the generator's device, else the
+    CPU). A CPU generator gives the same draws whatever ``device`` is. ``chunk``: the budget, in elements, of the
+    largest intermediate of an evaluation (see :func:`chunk_plan`; peak memory is about twice that, the phases and
+    one copy inside the weighted sum).
     """
 
     def __init__(self, batch: int, channels: int, length_scale: float = 2 / math.pi, features: int = 3000,
                  truncation: float = 2.0, generator: torch.Generator | None = None, device=None,
-                 dtype=torch.float32, chunk: int = 1 << 24):
+                 dtype=torch.float32, chunk: int = GP_CHUNK_ELEMENTS):
         if features < 1 or length_scale <= 0 or truncation <= 0:
             raise ValueError(f"features, length_scale and truncation must be positive, got {features}, "
                              f"{length_scale}, {truncation}")
+        if chunk < channels * features:
+            raise ValueError(f"chunk ({chunk} elements) must be at least channels x features = {channels * features}")
         self.batch, self.channels, self.features, self.chunk, self.dtype = batch, channels, features, chunk, dtype
+        src = generator.device if generator is not None else torch.device(device if device is not None else "cpu")
+        dev = torch.device(device) if device is not None else src
         n = batch * channels * features
-        z = torch.empty(0, 2, dtype=torch.float64, device="cpu")
+        z = torch.empty(0, 2, dtype=torch.float64, device=src)
         while len(z) < n:  # rejection sampling of the truncated Gaussian (truncation 2: ~86 % accepted)
-            cand = torch.randn(2 * n, 2, generator=generator, dtype=torch.float64, device="cpu")
+            cand = torch.randn(2 * n, 2, generator=generator, dtype=torch.float64, device=src)
             z = torch.cat([z, cand[cand.norm(dim=1) <= truncation]])
-        dev = device if device is not None else "cpu"
         self.z = (z[:n] / length_scale).reshape(batch, channels * features, 2).to(dev, dtype)
         self.b = (2 * math.pi * torch.rand(batch, channels * features, generator=generator,
-                                           dtype=torch.float64, device="cpu")).to(dev, dtype)
+                                           dtype=torch.float64, device=src)).to(dev, dtype)
         self.w = torch.randn(batch, channels, features, generator=generator, dtype=torch.float64,
-                             device="cpu").to(dev, dtype)
+                             device=src).to(dev, dtype)
         self.w = self.w * math.sqrt(2 / features)
+
+    @property
+    def device(self) -> torch.device:
+        return self.z.device
 
     def __call__(self, pos: torch.Tensor | None = None, grid_size=None) -> torch.Tensor:
         if pos is None:
@@ -85,15 +123,22 @@ class RFFNoise:
         b, _, h, w = pos.shape
         if b != self.batch:
             raise ValueError(f"positions have batch {b}, the noise has {self.batch}")
+        if pos.device != self.z.device:
+            raise ValueError(f"positions are on {pos.device}, the noise lives on {self.z.device}")
         p = pos.to(self.dtype).reshape(b, 2, h * w).transpose(1, 2)  # (B, HW, 2)
         cj = self.channels * self.features
-        step = max(1, self.chunk // cj)
-        out = []
-        for i in range(0, h * w, step):  # (B, n, 2) @ (B, 2, CJ): phases, then cos, then the weighted sum over J
-            ph = torch.baddbmm(self.b[:, None, :], p[:, i:i + step], self.z.transpose(1, 2))
-            c = torch.cos(ph).reshape(b, -1, self.channels, self.features)
-            out.append(torch.einsum("bncj,bcj->bcn", c, self.w))
-        return torch.cat(out, -1).reshape(b, self.channels, h, w)
+        bstep, step = chunk_plan(b, h * w, cj, self.chunk)
+        rows = []
+        for k in range(0, b, bstep):
+            out = []
+            for i in range(0, h * w, step):  # (b, n, 2) @ (b, 2, CJ): phases, then cos, then the weighted sum over J
+                ph = torch.baddbmm(self.b[k:k + bstep, None, :], p[k:k + bstep, i:i + step],
+                                   self.z[k:k + bstep].transpose(1, 2))
+                c = torch.cos(ph) if ph.requires_grad else ph.cos_()  # in place: one budget-sized tensor less
+                c = c.reshape(ph.shape[0], -1, self.channels, self.features)
+                out.append(torch.einsum("bncj,bcj->bcn", c, self.w[k:k + bstep]))
+            rows.append(torch.cat(out, -1) if len(out) > 1 else out[0])
+        return (torch.cat(rows) if len(rows) > 1 else rows[0]).reshape(b, self.channels, h, w)
 
 
 def conditional_upsample(noise: torch.Tensor, factor: int = 8, generator: torch.Generator | None = None):

@@ -67,8 +67,9 @@ def _noise(shape, kind, generator, device, features, truncation):
         return torch.randn(shape, generator=generator, device=src).to(device)
     if kind == "gp":
         b, c, h, w = shape
-        return RFFNoise(b, c, features=features, truncation=truncation, generator=generator)(grid_size=(h, w)) \
-            .to(device)
+        # drawn where the generator lives, evaluated on ``device`` (a CPU generator gives the same draws anywhere)
+        return RFFNoise(b, c, features=features, truncation=truncation, generator=generator,
+                        device=device)(grid_size=(h, w))
     raise ValueError(f"noise must be 'indep' or 'gp', got {kind!r}")
 
 

@@ -26,7 +26,7 @@
 # %% tags=["parameters"]
 profile = "cpu"
 seed = 0
-device = "cpu"
+device = "auto"
 warp_frame_size = 64
 warp_channels = [32, 64, 64]
 warp_train_crops = 2000
@@ -53,32 +53,18 @@ warp_bench_batch_size = [16, 16, 4]
 warp_bench_repeats = 3
 
 # %%
-import math
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
-from diffusers import AutoencoderKL
 from IPython.display import Markdown, display
 
-from afcore import data, flow as FL, ldm, noise_warp as NW, vae as VAE, video as VID
-from afcore.surgery import load_alias_free
-from afcore.train import prepare_run_dir, train_loop
-from afcore.utils import pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
+from afcore.stages import noise_warping as stage
+from afcore.stages.common import pick_device, to01
+from afcore.utils import save_figure, save_gif, seed_everything
 
-seed_everything(seed)
+cfg = stage.Config.from_mapping(globals())
 dev = pick_device(device)
-S = warp_frame_size
-
-
-def to01(x):
-    return ((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
-
-
-def mean_sem(v):
-    v = np.asarray(v, dtype=float).ravel()
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+seed_everything(seed)
+cfg
 
 # %% [markdown]
 # ## 1 · Videos whose flow is known exactly
@@ -100,28 +86,8 @@ def mean_sem(v):
 # interpolation error, the **floor** no method can beat with this metric.
 
 # %%
-HELD_OUT = ("astronaut", "chelsea", "coffee", "rocket", "horse", "cat")  # videos come from these, training from the rest
-TRAIN_PHOTOS = tuple(p for p in data.PHOTOS if p not in HELD_OUT)
-COMPASS = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
-T3_KINDS = [("pan", {"speed": 0.35 * 4}), ("rotate", {}), ("zoom", {}), ("elastic", {})]  # sub-pixel latent pan 0.35
-
-
-def make_videos(table):
-    vids = []
-    for i in range(warp_videos):
-        photo = HELD_OUT[i % len(HELD_OUT)]
-        if table == "T2":  # integer translation: 1 latent pixel (4 image px) per axis and frame, compass direction
-            g = torch.Generator().manual_seed(seed + 100 + i)
-            dy, dx = COMPASS[int(torch.randint(0, 8, (1,), generator=g, device="cpu"))]
-            vids.append(FL.synthetic_video("pan", S, warp_frames, photo, seed=seed + 100 + i,
-                                           velocity=(4.0 * dy, 4.0 * dx)))
-        else:
-            kind, kw = T3_KINDS[i % len(T3_KINDS)]
-            vids.append(FL.synthetic_video(kind, S, warp_frames, photo, seed=seed + 200 + i, **kw))
-    return vids
-
-
-videos = {"T2": make_videos("T2"), "T3": make_videos("T3")}
+videos = stage.make_videos(cfg)
+T3_KINDS = stage.T3_KINDS
 fig, axes = plt.subplots(5, 4, figsize=(8, 10))
 show = [("T2 integer pan", videos["T2"][0])] + [(f"T3 {T3_KINDS[i % 4][0]}", videos["T3"][i])
                                                  for i in range(min(4, len(videos["T3"])))]
@@ -143,16 +109,9 @@ plt.show()
 # estimates flows with OpenCV (install `opencv-python-headless`); everything below accepts such flows.
 
 # %%
-left, right, sflow, svalid = FL.stereo_pair(scale=4)
-warped_r, inside_r = FL.backward_warp(right, sflow)
-wrong_r, inside_w = FL.backward_warp(right, -sflow)
-stereo = {"mean_abs_err_255": float(((warped_r - left).abs().mean(1, keepdim=True) * svalid * inside_r).sum()
-                                    / (svalid * inside_r).sum() * 127.5),
-          "wrong_sign_mean_abs_err_255": float(((wrong_r - left).abs().mean(1, keepdim=True) * svalid * inside_w)
-                                               .sum() / (svalid * inside_w).sum() * 127.5)}
+stereo, stereo_images = stage.stereo_check()
 fig, axes = plt.subplots(1, 3, figsize=(11, 3))
-for ax, im, t in zip(axes, (left[0], right[0], warped_r[0] * svalid[0]),
-                     ("left", "right", "right warped to left (valid)")):
+for ax, im, t in zip(axes, stereo_images, ("left", "right", "right warped to left (valid)")):
     ax.imshow(to01(im))
     ax.set_title(t)
     ax.axis("off")
@@ -191,26 +150,7 @@ stereo
 # the GP), the same radial power spectrum.
 
 # %%
-NS = 32  # noise grid for the statistics
-rot = FL.motion("rotate", NS, degrees=5.0)
-to_first_rot = torch.stack([rot.flow(j, 0, (NS, NS))[0] for j in range(3)])[:, None].expand(-1, warp_stat_draws,
-                                                                                              -1, -1, -1)
-prev_rot = torch.stack([rot.flow(j - 1, j, (NS, NS))[0] for j in (1, 2)])[:, None]
-stat_rows, spectra = [], {}
-for method in NW.METHODS:
-    g = torch.Generator().manual_seed(seed + 11)
-    n = NW.noise_video(method, (warp_stat_draws, 1, NS, NS), to_first_rot, prev_rot, generator=g,
-                       factor=warp_hiwyn_factor, rff_features=warp_rff_features,
-                       rff_truncation=warp_rff_truncation)
-    s0, s2 = NW.noise_stats(n[0]), NW.noise_stats(n[2])
-    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))  # away from the disoccluded corners
-    s2i = NW.noise_stats(n[2][inner])
-    spectra[method] = (s0["spectrum"], s2["spectrum"])
-    stat_rows.append({"method": method, "frame0_var": s0["var"], "frame2_var": s2["var"],
-                      "frame2_var_inner": s2i["var"], "frame2_var_map_min": s2["var_map_range"][0],
-                      "frame2_var_map_max": s2["var_map_range"][1], "frame0_corr_x": s0["corr_x"],
-                      "frame2_corr_x": s2["corr_x"], "frame2_corr_y": s2["corr_y"], "frame2_mean": s2["mean"],
-                      "spectrum_ratio_max_dev": float((s2["spectrum"][1] / s0["spectrum"][1] - 1).abs().max())})
+stat_rows, spectra = stage.noise_statistics(cfg)
 display(Markdown("| method | var frame 0 | var frame 2 | var frame 2 (inner) | per-pixel var min..max | corr_x frame 0 | "
                  "corr_x frame 2 | corr_y frame 2 | max spectrum ratio dev |\n|---|---|---|---|---|---|---|---|---|\n"
                  + "\n".join(f"| {r['method']} | {r['frame0_var']:.3f} | {r['frame2_var']:.3f} | "
@@ -249,9 +189,7 @@ plt.show()
 # by side (the paper's Fig. 6) and a GIF of each warp following the rotation.
 
 # %%
-g = torch.Generator().manual_seed(seed)
-white = torch.randn(1, 1, 64, 64, generator=g, device="cpu")
-gp = NW.RFFNoise(1, 1, features=warp_rff_features, truncation=warp_rff_truncation, generator=g)(grid_size=(64, 64))
+white, gp = stage.noise_samples(cfg)
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.5))
 for ax, im, t in zip(axes, (white, gp), ("white noise", f"GP noise (l = 2/pi px, J = {warp_rff_features})")):
     ax.imshow(im[0, 0], cmap="gray", vmin=-3, vmax=3)
@@ -260,21 +198,14 @@ for ax, im, t in zip(axes, (white, gp), ("white noise", f"GP noise (l = 2/pi px,
 save_figure(fig, "figures/40_noise_warping/noise_samples.png")
 plt.show()
 
-gif_methods = ("resample", "bilinear", "hiwyn", "gp_warp")
-GS, GF = 48, 12
-rot_g = FL.motion("rotate", GS, degrees=3.0)
-tf = torch.stack([rot_g.flow(j, 0, (GS, GS))[0] for j in range(GF)])[:, None]
-pf = torch.stack([rot_g.flow(j - 1, j, (GS, GS))[0] for j in range(1, GF)])[:, None]
-noise_frames = {m: NW.noise_video(m, (1, 1, GS, GS), tf, pf, generator=torch.Generator().manual_seed(seed + 3),
-                                  factor=warp_hiwyn_factor, rff_features=warp_rff_features)[:, 0, 0]
-                for m in gif_methods}
+noise_frames = stage.warped_noise_frames(cfg)
 gif = []
-for j in range(GF):
-    row = np.concatenate([np.pad(((noise_frames[m][j].clamp(-3, 3) + 3) / 6).numpy(), 2, constant_values=1)
-                          for m in gif_methods], 1)
+for j in range(len(next(iter(noise_frames.values())))):
+    row = np.concatenate([np.pad(((n[j].clamp(-3, 3) + 3) / 6).numpy(), 2, constant_values=1)
+                          for n in noise_frames.values()], 1)
     gif.append(np.kron(row, np.ones((3, 3))))
 save_gif(gif, "figures/40_noise_warping/warped_noise.gif", fps=6)
-print("figures/40_noise_warping/warped_noise.gif:", " | ".join(gif_methods))
+print("figures/40_noise_warping/warped_noise.gif:", " | ".join(noise_frames))
 
 # %% [markdown]
 # ## 3 · Cost per frame
@@ -287,42 +218,7 @@ print("figures/40_noise_warping/warped_noise.gif:", " | ".join(gif_methods))
 # call (the paper: 1000 warps in 46 ms).
 
 # %%
-def timed(fn, repeats):
-    fn()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1000
-
-
-bench = []
-for h, w, c in warp_bench_sizes:
-    m = FL.motion("rotate", h, degrees=2.0)
-    back = m.flow(1, 0, (h, w), device=dev).to(dev)
-    fwd = m.flow(0, 1, (h, w), device=dev).to(dev)
-    x = torch.randn(1, c, h, w, device=dev)
-    pos = FL.grid(h, w, device=dev)[None] + back
-    rff = NW.RFFNoise(1, c, features=warp_bench_features, truncation=warp_rff_truncation, device=dev)
-    cases = {"nearest": lambda: FL.sample_at(x, pos, mode="nearest"),
-             "bilinear": lambda: FL.sample_at(x, pos, mode="bilinear"),
-             f"hiwyn (N={warp_hiwyn_factor})": lambda: NW.integral_warp(x, fwd, warp_hiwyn_factor),
-             f"gp (J={warp_bench_features})": lambda: rff(pos)}
-    for name, fn in cases.items():
-        bench.append({"size": f"{h}x{w}x{c}", "method": name, "ms_per_frame": timed(fn, warp_bench_repeats),
-                      "device": str(dev)})
-h, w, c = warp_bench_batch_size
-m = FL.motion("rotate", h, degrees=2.0)
-posb = (FL.grid(h, w, device=dev)[None] + m.flow(1, 0, (h, w)).to(dev)).expand(warp_bench_batch, -1, -1, -1)
-rffb = NW.RFFNoise(warp_bench_batch, c, features=warp_bench_features, truncation=warp_rff_truncation, device=dev)
-batched_ms = timed(lambda: rffb(posb), warp_bench_repeats)
-bench.append({"size": f"{warp_bench_batch} x {h}x{w}x{c}", "method": f"gp (J={warp_bench_features}), batched",
-              "ms_per_frame": batched_ms / warp_bench_batch, "ms_total": batched_ms, "device": str(dev)})
+bench = stage.bench(cfg, dev)
 display(Markdown("| size | method | ms/frame | device |\n|---|---|---|---|\n" + "\n".join(
     f"| {b['size']} | {b['method']} | {b['ms_per_frame']:.2f} | {b['device']} |" for b in bench)))
 
@@ -336,64 +232,16 @@ display(Markdown("| size | method | ms/frame | device |\n|---|---|---|---|\n" + 
 # (epsilon-prediction of the GP sample; DDIM with epsilon-prediction integrates the same probability-flow ODE for any
 # fixed noise covariance, so the sampler does not change). Training crops come from the photographs *not* used for
 # the videos. Latents are scaled to unit standard deviation.
+#
+# `stage.train_models` trains both, resumably (checkpoints in `checkpoints/warp/indep` and `checkpoints/warp/gp`):
+# each step's batch and noise (white, or a fresh GP function per latent) are drawn on the training device from a
+# seed fixed by the step, so a resumed run sees the same batches.
 
 # %%
-vae = load_alias_free(AutoencoderKL, "checkpoints/vae/vanilla").eval().to(dev)
-f = VAE.factor(vae)
-if S % f:
-    raise ValueError(f"warp_frame_size ({S}) must be a multiple of the VAE factor {f}")
-train_images = data.random_crops(warp_train_crops, S, seed=seed, images=data.natural_images(TRAIN_PHOTOS))
-with torch.no_grad():
-    z_train = ldm.encode_latents(vae, train_images.to(dev)).cpu()
-    scale = float(1 / z_train.std())
-    c_train = ldm.encode_latents(vae, VID.degrade_sr(train_images).to(dev)).cpu() * scale
-z_train = z_train * scale
-LAT = tuple(z_train.shape[1:])
-print(f"{len(train_images)} crops -> latents {LAT}, factor {f}, scale {scale:.3f}")
-
-
-@torch.no_grad()
-def encode(x):
-    return torch.cat([ldm.encode_latents(vae, x[i:i + 256].to(dev)) for i in range(0, len(x), 256)]).cpu() * scale
-
-
-@torch.no_grad()
-def decode(z):
-    return torch.cat([vae.decode(z[i:i + 256].to(dev) / scale).sample for i in range(0, len(z), 256)]).clamp(-1, 1) \
-        .cpu()
-
-
-def train_model(kind, steps, start=None):
-    fp = dict(kind=kind, channels=warp_channels, steps=steps, start=start and start[0], batch=warp_batch,
-              lr=warp_lr, ema=warp_ema_decay, crops=warp_train_crops, size=S, seed=seed, scale=round(scale, 6),
-              rff=(warp_rff_features, warp_rff_truncation))
-    run_dir = prepare_run_dir(f"checkpoints/warp/{kind}", fp)
-    seed_everything(seed)
-    unet = VID.sr_unet(tuple(warp_channels), LAT[0], LAT[-1])
-    if start is not None:
-        unet.load_state_dict(start[1].state_dict())
-    sched = ldm.make_scheduler("ddpm", schedule=VID.SCHEDULE)
-
-    def get_batch(step):
-        g = torch.Generator().manual_seed(seed * 100003 + step + (7 if kind == "gp" else 0))
-        i = torch.randint(0, len(z_train), (warp_batch,), generator=g, device="cpu")
-        return z_train[i], c_train[i], g.initial_seed()
-
-    def loss_fn(model, batch, step):
-        z, c, s = batch
-        return VID.sr_loss(model, z, c, sched, torch.Generator().manual_seed(int(s) + 1), noise=kind,
-                           rff_features=warp_rff_features, rff_truncation=warp_rff_truncation)
-
-    unet, ema, hist = train_loop(unet, loss_fn, get_batch, steps=steps, lr=warp_lr, ckpt_dir=run_dir,
-                                 ckpt_every=warp_ckpt_every, ema_decay=warp_ema_decay, device=str(dev),
-                                 desc=f"{kind} model", log_csv=run_dir / "loss.csv")
-    return (ema or unet).to(dev).eval(), hist
-
-
-models, histories = {}, {}
-models["indep"], histories["indep"] = train_model("indep", warp_train_steps)
-models["gp"], histories["gp"] = train_model("gp", warp_gp_finetune_steps, start=("indep", models["indep"]))
-train_seconds = {k: sum(r["seconds"] for r in h) for k, h in histories.items()}
+lat = stage.load_inputs(cfg, dev, ".")
+f, LAT = lat.factor, lat.shape
+print(f"{len(lat.z)} crops -> latents {LAT}, factor {f}, scale {lat.scale:.3f}")
+models, histories, train_seconds = stage.train_models(cfg, lat, ".")
 fig, ax = plt.subplots(figsize=(6, 3))
 for k, h in histories.items():
     offset = 0 if k == "indep" else warp_train_steps
@@ -437,123 +285,8 @@ train_seconds
 # between rows, not values.
 
 # %%
-ROWS = [  # (row, model, noise method, guidance) ; paper T2 and T3 "Warping Err" (mean, std), SSIM, MSE
-    ("Fixed (indep)", "indep", "fixed", None, (0.080, 0.014, .780, .059), (0.940, 0.312, .716, .005)),
-    ("Resample (indep)", "indep", "resample", None, (0.101, 0.006, .781, .061), (0.934, 0.341, .708, .005)),
-    ("Nearest (indep)", "indep", "nearest", None, None, (1.048, 0.381, .683, .007)),
-    ("Bilinear (indep)", "indep", "bilinear", None, None, (0.990, 0.372, .684, .008)),
-    ("How I Warped (indep)", "indep", "hiwyn", None, (0.046, 0.007, .781, .067), None),
-    ("Fixed (gp)", "gp", "gp_fixed", None, (0.129, 0.022, .800, .060), (1.006, 0.362, .666, .007)),
-    ("Resample (gp)", "gp", "gp_resample", None, (0.141, 0.008, .806, .056), (0.974, 0.308, .661, .006)),
-    ("Nearest (gp)", "gp", "gp_nearest", None, None, (0.975, 0.383, .637, .009)),
-    ("Bilinear (gp)", "gp", "gp_bilinear", None, None, (0.953, 0.390, .635, .009)),
-    ("GP Warping", "gp", "gp_warp", None, (0.061, 0.010, .803, .057), (0.812, 0.337, .653, .008)),
-    ("Warped Diffusion", "gp", "gp_warp", warp_guidance, (0.001, 0.001, .779, .058), (0.649, 0.363, .654, .008)),
-    ("How I Warped + guidance (beyond paper)", "indep", "hiwyn", warp_guidance, None, None),
-    ("No warp (resample gp) + guidance (beyond paper)", "gp", "gp_resample", warp_guidance, None, None),
-    ("Warped Diffusion, stored target warped (beyond paper)", "gp", "gp_warp", warp_guidance, None, None),
-]
-# guidance residual: "current" = the paper's (warp the current prediction onto the previous frame's grid);
-# "previous" = warp the previous frame's stored prediction onto the current grid (section 6 explains why)
-TARGET = {"Warped Diffusion, stored target warped (beyond paper)": "previous"}
-# extra GP-warping runs at the guided step count; lambda 0 is the unguided run at that step count (bit-identical)
-SWEEP = [lam for lam in warp_guidance_sweep if lam not in (0.0, warp_guidance)]
-
-
-def noises_for(method, v):
-    b = len(v)
-    tf = torch.stack([vid.flows("to_first", scale=f) for vid in v], 1)
-    pf = torch.stack([vid.flows("prev", scale=f) for vid in v], 1)
-    g = torch.Generator().manual_seed(seed * 1000 + NW.METHODS.index(method))
-    return NW.noise_video(method, (b,) + LAT, tf, pf, generator=g, factor=warp_hiwyn_factor,
-                          rff_features=warp_rff_features, rff_truncation=warp_rff_truncation, device="cpu")
-
-
-def run_table(table):
-    v = videos[table]
-    b, T = len(v), warp_frames
-    frames = torch.stack([vid.frames for vid in v], 1)  # (T, B, 3, S, S)
-    conds = encode(VID.degrade_sr(frames.flatten(0, 1))).reshape(T, b, *LAT)
-    lat_prev = torch.stack([vid.flows("prev", scale=f) for vid in v], 1)
-    lat_first = torch.stack([vid.flows("first", scale=f) for vid in v], 1)
-    lat_back = torch.stack([torch.cat([vid.flow(j, j - 1, scale=f) for j in range(1, T)]) for vid in v], 1)
-    img_prev = torch.stack([vid.flows("prev") for vid in v], 1)
-    img_first = torch.stack([vid.flows("first") for vid in v], 1)
-    # jobs: (label, model, method, lambda, steps); batched per (model, guided?, steps) to use the CPU well
-    jobs = [(r[0], r[1], r[2], r[3], warp_guided_steps if r[3] is not None else warp_steps) for r in ROWS]
-    jobs += [(f"GP Warping + guidance lambda={lam}", "gp", "gp_warp", lam, warp_guided_steps) for lam in SWEEP]
-    jobs += [("GP Warping, guided steps", "gp", "gp_warp", None, warp_guided_steps)]
-    groups = {}
-    for job in jobs:
-        groups.setdefault((job[1], job[3] is not None, job[4], TARGET.get(job[0], "current")), []).append(job)
-    latents, seconds = {}, {}
-    for (model, guided, steps, target), group in groups.items():
-        noise = torch.cat([noises_for(j[2], v) for j in group], 1).to(dev)
-        cond = conds.repeat(1, len(group), 1, 1, 1).to(dev)
-        lam = torch.cat([torch.full((b,), float(j[3] or 0.0), device=dev) for j in group]).to(dev) if guided else None
-        t0 = time.perf_counter()
-        out = VID.sample_video(models[model], noise, cond, steps, guidance=lam,
-                               prev_flows=lat_prev.repeat(1, len(group), 1, 1, 1).to(dev) if guided else None,
-                               guidance_target=target,
-                               back_flows=lat_back.repeat(1, len(group), 1, 1, 1).to(dev) if guided else None,
-                               progress=True).cpu()
-        sec = (time.perf_counter() - t0) / (len(group) * b * T)
-        for k, j in enumerate(group):
-            latents[j[0]] = out[:, k * b:(k + 1) * b]
-            seconds[j[0]] = sec
-    results = {}
-    for label, z in latents.items():
-        imgs = decode(z.flatten(0, 1)).reshape(T, b, 3, S, S)
-        lw, pw = VID.warp_errors(z, lat_first, lat_prev), VID.warp_errors(imgs, img_first, img_prev)
-        rest = VID.restoration(imgs.flatten(0, 1), frames.flatten(0, 1))
-        results[label] = {"latent_first": lw["first"], "latent_prev": lw["prev"], "pixel_first": pw["first"],
-                          "pixel_prev": pw["prev"], "psnr": rest["psnr"], "ssim": rest["ssim"],
-                          "mse01": rest["mse01"], "images": imgs, "latents": z, "sec_per_frame": seconds[label]}
-    gt_lat = encode(frames.flatten(0, 1)).reshape(T, b, *LAT)
-    floor = {"latent": VID.warp_errors(gt_lat, lat_first, lat_prev),
-             "pixel": VID.warp_errors(frames, img_first, img_prev)}
-    lr = decode(conds.flatten(0, 1)).reshape(T, b, 3, S, S)
-    return results, floor, frames, lr
-
-
-tables = {}
-for table in ("T2", "T3"):
-    t0 = time.perf_counter()
-    tables[table] = run_table(table)
-    print(f"{table}: {time.perf_counter() - t0:.0f} s")
-
-# %%
-def summarise(res):
-    out = {}
-    for key in ("latent_first", "latent_prev", "pixel_first", "pixel_prev"):
-        per_video = res[key].mean(0).numpy()  # mean over frames 1..T-1, one value per video
-        out[key] = {"mean": float(per_video.mean()), "std": float(per_video.std(ddof=1)) if len(per_video) > 1
-                    else 0.0, "sem": mean_sem(per_video)[1]}
-    for key in ("psnr", "ssim", "mse01"):
-        m, s = mean_sem(res[key].numpy())
-        out[key] = {"mean": m, "sem": s}
-    out["sec_per_frame"] = res["sec_per_frame"]
-    return out
-
-
-def floor_summary(fl):
-    return {f"{space}_{k}": {"mean": float(fl[space][k].mean(0).mean()), "sem": mean_sem(fl[space][k].mean(0))[1]}
-            for space in ("latent", "pixel") for k in ("first", "prev")}
-
-
-summary_tables = {}
-for table, (res, floor, frames, lr) in tables.items():
-    rows = []
-    for r in ROWS:
-        s = summarise(res[r[0]])
-        paper = r[4] if table == "T2" else r[5]
-        rows.append({"row": r[0], **s, "paper": None if paper is None else
-                     {"warp_err": paper[0], "warp_err_std": paper[1], "ssim": paper[2], "mse": paper[3]}})
-    sweep = [{"lambda": 0.0 if lam is None else lam, **summarise(res[label])} for label, lam in
-             [("GP Warping, guided steps", None)] + [(f"GP Warping + guidance lambda={lam}", lam) for lam in SWEEP]
-             + [("Warped Diffusion", warp_guidance)]]
-    summary_tables[table] = {"rows": rows, "floor": floor_summary(floor), "lambda_sweep": sorted(
-        sweep, key=lambda s: s["lambda"])}
+tables = {table: stage.run_table(cfg, videos[table], lat, models) for table in stage.TABLES}
+summary_tables = stage.summarise_tables(cfg, tables)
 
 
 def fmt(d, k=3):
@@ -578,7 +311,7 @@ for table in ("T2", "T3"):
                      + "\n".join(lines)))
 
 # %%
-we_rows = []
+we_rows = stage.we_rows(cfg, tables)
 fig, axes = plt.subplots(2, 4, figsize=(17, 7), sharex=True)
 plot_rows = ["Fixed (indep)", "Resample (indep)", "Bilinear (indep)", "How I Warped (indep)", "GP Warping",
              "Warped Diffusion"]
@@ -595,15 +328,9 @@ for ti, table in enumerate(("T2", "T3")):
         ax.set_title(f"{table}: {space} WE vs {kind} frame", fontsize=9)
         if ti == 1:
             ax.set_xlabel("frame")
-    for label in [r[0] for r in ROWS]:
-        for j in range(1, warp_frames):
-            we_rows.append({"table": table, "method": label, "frame": j,
-                            **{k: float(res[label][k][j - 1].mean()) for k in
-                               ("latent_first", "pixel_first", "latent_prev", "pixel_prev")}})
 axes[0, 0].legend(fontsize=7)
 fig.tight_layout()
 save_figure(fig, "figures/40_noise_warping/warping_error_per_frame.png")
-save_csv(we_rows, "metrics/40_noise_warping_we.csv")
 plt.show()
 
 # %% [markdown]
@@ -666,21 +393,10 @@ plt.show()
 # frame a little smoother than the last).
 
 # %%
-def high_share(z):
-    """Share of the energy above half Nyquist (either axis), per latent: (..., C, h, w) -> (...)."""
-    e = torch.fft.fft2(z.double()).abs() ** 2
-    fy, fx = torch.fft.fftfreq(z.shape[-2]).abs(), torch.fft.fftfreq(z.shape[-1]).abs()
-    hi = ((fy[:, None] > 0.25) | (fx[None, :] > 0.25)).double()
-    return ((e * hi).sum((-1, -2, -3)) / e.sum((-1, -2, -3))).float()
-
-
-res3 = tables["T3"][0]
-diag_rows = [("GP Warping, guided steps", "GP warping, no guidance"), ("Warped Diffusion", "paper's guidance"),
-             ("Warped Diffusion, stored target warped (beyond paper)", "stored target warped")]
-shares = {label: high_share(res3[key]["latents"]) for key, label in diag_rows}  # (T, B)
+guidance_diagnosis, shares = stage.guidance_diagnosis(cfg, tables, f)
 fig, axes = plt.subplots(1, min(4, warp_videos), figsize=(4 * min(4, warp_videos), 3.2), squeeze=False)
 for vi, ax in enumerate(axes[0]):
-    for _, label in diag_rows:
+    for _, label in stage.DIAG_ROWS:
         ax.plot(range(warp_frames), shares[label][:, vi].numpy(), "o-", ms=3, label=label)
     ax.set_title(f"T3 {T3_KINDS[vi % len(T3_KINDS)][0]}", fontsize=9)
     ax.set_xlabel("frame")
@@ -689,59 +405,17 @@ axes[0, 0].legend(fontsize=7)
 fig.tight_layout()
 save_figure(fig, "figures/40_noise_warping/guidance_high_frequencies.png")
 plt.show()
-pan_delta = T3_KINDS[0][1]["speed"] / f % 1
-guidance_diagnosis = {
-    "bilinear_nyquist_gain_of_the_pan_step": abs(1 - 2 * pan_delta), "pan_step_latent_px": pan_delta,
-    "high_share_first_frame": {label: float(shares[label][0].mean()) for _, label in diag_rows},
-    "high_share_last_frame": {label: float(shares[label][-1].mean()) for _, label in diag_rows},
-    "high_share_last_frame_per_video": {label: shares[label][-1].tolist() for _, label in diag_rows},
-    "videos": [T3_KINDS[i % len(T3_KINDS)][0] for i in range(warp_videos)],
-}
-if profile != "smoke":  # the mechanism the text states, on the trained model (the smoke model is untrained)
-    pan = [i for i in range(warp_videos) if T3_KINDS[i % len(T3_KINDS)][0] == "pan"]
-    grown = shares["paper's guidance"][-1, pan] / shares["paper's guidance"][0, pan]
-    assert bool((grown > 1.5).all()), f"the paper's guidance did not boost high frequencies on the pan: {grown}"
-    assert bool((shares["stored target warped"][-1, pan] < shares["paper's guidance"][-1, pan]).all())
 guidance_diagnosis
 
+# %% [markdown]
+# The metrics: the scale of the run, the conventions, every table, the T3 single-frame restoration beside the
+# paper's Table 1 and the Warped Diffusion / GP warping ratios beside the paper's (`metrics/40_noise_warping.json`,
+# with the per-frame warping errors in `metrics/40_noise_warping_we.csv`).
+
 # %%
-def ratio(table, a, b, key="latent_first"):
-    rows = {r["row"]: r for r in summary_tables[table]["rows"]}
-    return rows[a][key]["mean"] / rows[b][key]["mean"]
-
-
-rows1 = {r["row"]: r for r in summary_tables["T3"]["rows"]}
-table1 = {k: {m: {"mean": rows1[k][m]["mean"], "sem": rows1[k][m]["sem"]} for m in ("psnr", "ssim", "mse01")}
-          for k in ("Resample (indep)", "Resample (gp)")}
-ratios = {t: {"wd_over_gp_warping_latent": ratio(t, "Warped Diffusion", "GP Warping"),
-              "wd_over_gp_warping_pixel": ratio(t, "Warped Diffusion", "GP Warping", "pixel_first"),
-              "paper_wd_over_gp_warping": 0.001 / 0.061 if t == "T2" else 0.649 / 0.812}
-          for t in ("T2", "T3")}
-summary = {
-    "profile": profile,
-    "scale": {"frame_size": S, "latent_shape": list(LAT), "vae": "vanilla (notebook 20), factor 4",
-              "unet": warp_channels, "train_steps": {"indep": warp_train_steps, "gp": warp_gp_finetune_steps},
-              "batch": warp_batch, "rff_features": warp_rff_features, "frames": warp_frames,
-              "videos_per_table": warp_videos, "ddim_steps": warp_steps, "guided_steps": warp_guided_steps,
-              "guidance": warp_guidance},
-    "conventions": "WE = sum M |y_later(p + F(p)) - y_ref(p)|^2 / (C sum M), bilinear warp of the later frame, "
-                   "M = in-frame; latent = scaled latents, pixel = images in [-1, 1]; table WE = mean over frames "
-                   "1..T-1 of the first-frame error, mean ± std over videos; PSNR peak 2, SSIM data range 2, MSE on "
-                   "[0, 1]; T2 = integer latent-pixel pans (x4 SR, the paper's Table 2 is inpainting), T3 = synthetic "
-                   "sub-pixel pan/rotation/zoom/elastic with exact flows (the paper: real videos, RAFT flows)",
-    "stereo_check": stereo,
-    "noise_statistics": stat_rows,
-    "cost": bench,
-    "cost_paper": {"gp_ms_per_1024_frame_gpu": 39, "hiwyn_ms_per_frame_quoted": 629, "gp_1000_warps_ms": 46},
-    "train_seconds": train_seconds,
-    "tables": summary_tables,
-    "table1_single_frame_T3": table1,
-    "table1_paper_sr": {"gp": {"ssim": .770, "mse": .004}, "indep": {"ssim": .785, "mse": .004}},
-    "ratios": ratios,
-    "guidance_diagnosis": guidance_diagnosis,
-}
-save_json(summary, "metrics/40_noise_warping.json")
-ratios
+summary = stage.summary(cfg, lat, stereo, stat_rows, bench, train_seconds, summary_tables, guidance_diagnosis)
+stage.write_outputs(summary, we_rows, ".")
+summary["ratios"]
 
 # %% [markdown]
 # ## Reading the results

@@ -137,3 +137,112 @@ def test_noise_stats_of_white_noise():
     assert abs(s["var"] - 1) < 0.03 and abs(s["corr_x"]) < 0.03
     f, p = radial_power_spectrum(torch.randn(500, 16, 16))
     assert float((p - 1).abs().max()) < 0.15
+
+
+# ------------------------------------------------------------------ GP noise: memory budget and device placement
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def test_chunk_plan_stays_within_the_budget():
+    rng = np.random.default_rng(0)
+    cases = [tuple(int(v) for v in rng.integers(1, 400, 3)) + (int(rng.integers(400, 100_000)),) for _ in range(300)]
+    # the gpu profile: the batched bench (1000 frames of 128x128x4, J = 3000: 67 GB of float32 phases unchunked),
+    # a training step (64 latents of 32x32x4) and one 1024x1024 noise
+    cases += [(1000, 128 * 128, 4 * 3000, NW.GP_CHUNK_ELEMENTS), (64, 32 * 32, 4 * 3000, NW.GP_CHUNK_ELEMENTS),
+              (1, 1024 * 1024, 3000, NW.GP_CHUNK_ELEMENTS), (7, 5, 3, 3)]
+    assert 1000 * 128 * 128 * 4 * 3000 * 4 > 60e9
+    for batch, positions, width, budget in cases:
+        bs, ps = NW.chunk_plan(batch, positions, width, budget)
+        assert 1 <= bs <= batch and 1 <= ps <= positions, (batch, positions, width, budget)
+        assert bs * ps * width <= budget, (batch, positions, width, budget, bs, ps)
+        if batch * positions * width <= budget:  # what fits is done in one piece
+            assert (bs, ps) == (batch, positions)
+        if ps < positions:  # positions are only split with the whole batch, or one position at a time
+            assert bs == batch or ps == 1
+    with pytest.raises(ValueError, match="chunk"):
+        NW.chunk_plan(2, 10, 100, 99)
+    with pytest.raises(ValueError, match="chunk"):
+        NW.RFFNoise(1, 2, features=50, chunk=99)
+
+
+class _Allocations(torch.overrides.TorchFunctionMode):
+    """Sizes (elements) of the tensors with their own storage that torch functions return (views excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out._base is None:
+            self.sizes.append((getattr(func, "__name__", str(func)), out.numel()))
+        return out
+
+
+@pytest.mark.parametrize("shape, budget, plan", [((3, 2, 40, 10), 2000, (3, 8)),  # positions split
+                                                 ((6, 2, 40, 3), 200, (2, 1))])  # batch split, one position
+def test_rff_noise_largest_intermediate_within_budget_and_chunked_equals_unchunked(shape, budget, plan):
+    b, c, j, side = shape
+    assert NW.chunk_plan(b, side * side, c * j, budget) == plan
+    pos = FL.grid(side, side)[None].expand(b, -1, -1, -1) + 0.3 * torch.randn(
+        b, 2, side, side, generator=torch.Generator().manual_seed(9))
+    # float32 sums J terms in a chunk-dependent order (differences ~1e-6); float64 shows the chunks are exact
+    for dtype, atol in ((torch.float64, 1e-6), (torch.float32, 1e-5)):
+        rff = NW.RFFNoise(b, c, features=j, generator=torch.Generator().manual_seed(8), dtype=dtype)
+        whole = rff(pos)  # the default budget: one piece
+        rff.chunk = budget
+        with _Allocations() as rec:
+            chunked = rff(pos)
+        largest = max(n for _, n in rec.sizes)
+        assert largest <= budget, rec.sizes
+        assert largest == plan[0] * plan[1] * c * j  # the phases of one chunk are the largest allocation
+        assert chunked.dtype == dtype
+        torch.testing.assert_close(chunked, whole, atol=atol, rtol=0)
+
+
+def _old_rff_parameters(batch, channels, features, truncation, length_scale, generator):
+    """The draws RFFNoise made before it could draw on a device: all on the CPU, float64, in this order."""
+    n = batch * channels * features
+    z = torch.empty(0, 2, dtype=torch.float64)
+    while len(z) < n:
+        cand = torch.randn(2 * n, 2, generator=generator, dtype=torch.float64)
+        z = torch.cat([z, cand[cand.norm(dim=1) <= truncation]])
+    z = (z[:n] / length_scale).reshape(batch, channels * features, 2).float()
+    b = (2 * math.pi * torch.rand(batch, channels * features, generator=generator, dtype=torch.float64)).float()
+    w = torch.randn(batch, channels, features, generator=generator, dtype=torch.float64).float()
+    return z, b, w * math.sqrt(2 / features)
+
+
+def test_rff_noise_cpu_draws_unchanged_and_match_the_formula():
+    ell = NW.gp_length_scale()
+    rff = NW.RFFNoise(3, 2, ell, features=70, truncation=2.0, generator=torch.Generator().manual_seed(10))
+    z, b, w = _old_rff_parameters(3, 2, 70, 2.0, ell, torch.Generator().manual_seed(10))
+    assert torch.equal(rff.z, z) and torch.equal(rff.b, b) and torch.equal(rff.w, w)
+    assert rff.device == torch.device("cpu")
+    pos = FL.grid(5, 6)[None].expand(3, -1, -1, -1).double()
+    ph = torch.einsum("bkd,bdn->bkn", z.double(), pos.flatten(2)) + b.double()[..., None]  # (B, CJ, HW)
+    ref = torch.einsum("bcjn,bcj->bcn", torch.cos(ph).reshape(3, 2, 70, -1), w.double()).reshape(3, 2, 5, 6)
+    torch.testing.assert_close(rff(grid_size=(5, 6)).double(), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rff_noise_follows_its_generator_and_device(device):
+    from afcore import video as V
+    from afcore.utils import make_generator
+
+    dev = torch.device(device)
+    on_dev = NW.RFFNoise(2, 3, features=50, generator=make_generator(3, device))
+    x = on_dev(grid_size=(5, 5))
+    assert on_dev.device.type == dev.type and x.device.type == dev.type and torch.isfinite(x).all()
+    # a CPU generator gives the same draws wherever the noise is evaluated
+    cpu = NW.RFFNoise(2, 3, features=50, generator=make_generator(3))
+    moved = NW.RFFNoise(2, 3, features=50, generator=make_generator(3), device=device)
+    assert moved.device.type == dev.type
+    torch.testing.assert_close(moved(grid_size=(5, 5)).cpu(), cpu(grid_size=(5, 5)), atol=1e-5, rtol=0)
+    assert torch.equal(moved.w.cpu(), cpu.w)
+    # the training noise follows the batch: drawn with the batch's generator, on the batch's device
+    eps = V._noise((2, 4, 6, 6), "gp", make_generator(1, device), dev, 50, 2.0)
+    assert eps.device.type == dev.type and eps.shape == (2, 4, 6, 6)
+    if device != "cpu":
+        with pytest.raises(ValueError, match="positions are on"):
+            on_dev(FL.grid(5, 5)[None].expand(2, -1, -1, -1))

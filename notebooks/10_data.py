@@ -19,6 +19,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 datasets = ["mnist", "mnist_m", "natural32"]
 source = "embedded"
 n_images = 5000

@@ -33,6 +33,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 classifier_datasets = ["mnist", "mnist_m"]
 classifier_steps = 600
 classifier_batch = 64
@@ -54,7 +55,7 @@ from afcore.train import batch_sampler, train_loop
 from afcore.utils import make_generator, pick_device, save_figure, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 if dev.type == "cpu":
     torch.set_num_threads(1)  # a small CNN: one thread is as fast and immune to core contention
 results = {"profile": profile, "steps": classifier_steps, "batch": classifier_batch}

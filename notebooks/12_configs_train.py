@@ -38,6 +38,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 dataset = "mnist"
 config = "A"
 config_datasets = ["mnist", "mnist_m"]
@@ -74,7 +75,7 @@ from afcore.train import batch_sampler, prepare_run_dir, train_loop
 from afcore.utils import make_generator, pick_device, save_csv, save_figure, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 ddpm.parse_config(config, filter_method)  # fails early, naming the allowed configs
 scheduler = ddpm.make_scheduler("ddpm")
 run_name = f"{dataset}-{config}"

@@ -29,6 +29,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 dataset = "mnist"
 config_datasets = ["mnist", "mnist_m"]
 configs = ["A", "B-1N", "C-1N", "D-1N"]
@@ -67,7 +68,7 @@ from afcore.utils import make_generator, pick_device, save_csv, save_figure, sav
 
 warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
 seed_everything(seed)
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 torch.set_grad_enabled(False)
 for c in configs:
     ddpm.parse_config(c, filter_method)

@@ -14,6 +14,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 config_datasets = ["mnist", "mnist_m"]
 configs = ["A", "B-1N", "C-1N", "D-1N"]
 base_channels = 16

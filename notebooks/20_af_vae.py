@@ -41,6 +41,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 vae_dataset = "natural"
 vae_pretrained = ""
 vae_channels = [16, 32, 32]
@@ -81,7 +82,7 @@ from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import pick_device, save_csv, save_figure, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)  # everything below lives on this device: data, models, noise, metrics
+dev = pick_device(device, deterministic)  # everything below lives on this device: data, models, noise, metrics
 if vae_dataset == "natural":
     train_x = data.random_crops(n_train, crop_size, seed=seed)
     test_x = data.random_crops(n_test, crop_size, seed=seed + 1)

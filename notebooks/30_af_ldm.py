@@ -42,6 +42,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 ldm_dataset = "natural32"
 ldm_image_size = 32
 ldm_channels = [32, 64]
@@ -82,7 +83,7 @@ from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import make_generator, pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)  # models, latents, noise, sampling and metrics all live here
+dev = pick_device(device, deterministic)  # models, latents, noise, sampling and metrics all live here
 if ldm_spsnr_latents % ldm_spsnr_groups:
     raise ValueError(f"ldm_spsnr_latents ({ldm_spsnr_latents}) must be a multiple of ldm_spsnr_groups "
                      f"({ldm_spsnr_groups})")

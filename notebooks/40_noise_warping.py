@@ -27,6 +27,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 warp_frame_size = 64
 warp_channels = [32, 64, 64]
 warp_train_crops = 2000
@@ -62,7 +63,7 @@ from afcore.stages.common import pick_device, to01
 from afcore.utils import save_figure, save_gif, seed_everything
 
 cfg = stage.Config.from_mapping(globals())
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 seed_everything(seed)
 cfg
 

@@ -59,7 +59,7 @@ from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 S = video_frame_size
 
 

@@ -67,7 +67,7 @@ from afcore.train import batch_sampler, prepare_run_dir, train_loop
 from afcore.utils import make_generator, pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 cpu0 = time.process_time()
 i2sb.bridge_schedule(sr_betas)  # fail early on a bad sr_betas
 i2sb.degrade_sr4(torch.zeros(1, 3, 4, 4, device=dev), sr_degradation)  # ... and a bad sr_degradation

@@ -36,6 +36,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 normals_size = 32
 normals_supersample = 4
 normals_light_azimuth = [90.0, 180.0]
@@ -76,7 +77,7 @@ from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
 
 seed_everything(seed)
-dev = pick_device(device)
+dev = pick_device(device, deterministic)
 S, K = normals_size, normals_shift_steps
 TEXTURES = list(NM.TEXTURES)
 

@@ -554,7 +554,7 @@ def write_outputs(metrics: dict, we: list[dict], out_dir) -> None:
 
 def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     """The whole stage (what the notebook does, without figures); returns the metrics dict."""
-    dev = pick_device(device)
+    dev = pick_device(device, cfg.deterministic)
     seed_everything(cfg.seed)
     videos = make_videos(cfg)
     stereo, _ = stereo_check()

@@ -187,14 +187,14 @@ def test_ldm_training_resumes_exactly(tmp_path):
 
 def test_ldm_hot_paths_name_their_device():
     """Loss, sampling and shift consistency create every tensor on a named device (a forgotten device= in
-    afcore/ldm.py, vae.py or attention.py fails here; on a GPU it would be a CPU tensor in the loop)."""
-    from afcore import utils, vae as V
+    afcore/ldm.py, vae.py, vae_gan.py or attention.py fails here; on a GPU it would be a CPU tensor in the loop)."""
+    from afcore import utils, vae as V, vae_gan as G
 
-    ours = tuple(str(utils.REPO_ROOT / "afcore" / m) for m in ("ldm.py", "vae.py", "attention.py"))
+    ours = tuple(str(utils.REPO_ROOT / "afcore" / m) for m in ("ldm.py", "vae.py", "vae_gan.py", "attention.py"))
     dev = torch.device("cpu")
     unet = tiny_latent_unet()
     z0 = torch.randn(2, 4, 8, 8, generator=utils.make_generator(0, dev), device=dev)
-    vae = V.VAEWithDiscriminator(V.small_vae((8, 16), groups=4), V.PatchDiscriminator((8, 16), alias_free=True))
+    vae = G.VAEWithDiscriminator(V.small_vae((8, 16), groups=4), G.PatchDiscriminator((8, 16), alias_free=True))
     x = torch.rand(2, 3, 16, 16, generator=utils.make_generator(1, dev), device=dev) * 2 - 1
     with utils.DeviceGuard(roots=ours):
         for side in ldm.STOP_GRADS:
@@ -203,8 +203,8 @@ def test_ldm_hot_paths_name_their_device():
             loss.backward()
         with torch.no_grad():
             ldm.shift_consistency(unet.eval(), z0, [(0.0, 0.5)], steps=2, cfa=True, decode=lambda z: z, factor=1)
-        loss, _ = V.vae_loss(vae, x, utils.make_generator(3, dev), eq_weight=1.0, perceptual_weight=1.0,
-                             perceptual=V.PerceptualFeatures(), gan_weight=0.5)
+        loss, _ = G.vae_gan_loss(vae, x, utils.make_generator(3, dev), eq_weight=1.0, perceptual_weight=1.0,
+                                 perceptual=G.PerceptualFeatures(), gan_weight=0.5)
         loss.backward()
         with torch.no_grad():
             V.enc_dec_spsnr(vae.vae.eval(), x, (0.0, 2.0))

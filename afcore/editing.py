@@ -303,12 +303,14 @@ def interpolate(unet, za: torch.Tensor, zb: torch.Tensor, flow_ab: torch.Tensor,
     """AF-LDM latent interpolation between clean latents za, zb (P, C, h, w) with image-resolution flows
     (P, 2, H, W): full DDIM inversion of both; for each alpha, za splatted by alpha F_ab and zb by (1 - alpha) F_ba,
     slerped; denoised with attention blended (1 - alpha, alpha) from the two references' denoising passes
-    (``blend=False``: the released script's behaviour: zb's splat anchored on zb alone). Returns (P, A, C, h, w)."""
+    (``blend=False``: the released script's behaviour: zb's splat anchored on zb alone). ``generator`` draws the
+    holes' noise fill on its own device. Returns (P, A, C, h, w)."""
     ts = edit_timesteps(steps, 1.0)
     p, alphas = za.shape[0], [float(a) for a in alphas]
     lab = labels if labels is not None else torch.zeros(p, dtype=torch.long, device=za.device)
     inv_a, inv_b = ddim_invert(unet, za, ts, lab), ddim_invert(unet, zb, ts, lab)
-    fill = torch.randn((p, za.shape[1]) + tuple(flow_ab.shape[-2:]), generator=generator, device="cpu").to(za)
+    fill = torch.randn((p, za.shape[1]) + tuple(flow_ab.shape[-2:]), generator=generator,
+                       device=generator.device if generator is not None else "cpu").to(za)
     lat = []
     for a in alphas:
         wa = splat_latent(inv_a, a * flow_ab, factor, fill)

@@ -77,10 +77,13 @@ def save_csv(rows: list[dict], path: str | Path) -> Path:
     columns = list(rows[0].keys())
 
     def write(tmp):
-        with open(tmp, "w") as fh:
-            fh.write(",".join(columns) + "\n")
+        import csv
+
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")  # quotes only fields holding commas, quotes or newlines
+            writer.writerow(columns)
             for row in rows:
-                fh.write(",".join(str(_jsonable(row[c])) for c in columns) + "\n")
+                writer.writerow([str(_jsonable(row[c])) for c in columns])
 
     return _atomic_write(Path(path), write)
 

@@ -101,7 +101,7 @@ def figure_samples(built: dict):
         k = int(len(grid) ** 0.5)
         grid = grid[:k * k].view(k, k, *grid.shape[1:]).permute(0, 3, 1, 4, 2).reshape(
             k * grid.shape[-2], k * grid.shape[-1], grid.shape[1])
-        ax.imshow(((grid + 1) / 2).clamp(0, 1).squeeze(-1), cmap="gray" if grid.shape[-1] == 1 else None)
+        ax.imshow(((grid + 1) / 2).clamp(0, 1).squeeze(-1).numpy(), cmap="gray" if grid.shape[-1] == 1 else None)
         ax.set_title(name)
         ax.axis("off")
     return fig

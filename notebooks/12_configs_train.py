@@ -22,8 +22,8 @@
 # from $1..T-1$ as the reference does, $\epsilon$-prediction MSE, AdamW, through `afcore.train.train_loop`
 # (accelerate: the same loop runs on CPU, one GPU or several processes); the U-Net is `afcore.config_unet`, the
 # diffusion process `afcore.ddpm`, the stage's steps `afcore.stages.configs_train`. Batches and noise are drawn on
-# the device from seeded generators. Checkpoints are written every `ckpt_every` steps; an interrupted run resumes where it
-# stopped when the stage is re-run with the same parameters.
+# the device from seeded generators. Checkpoints are written every `ckpt_every` steps; an interrupted run resumes
+# where it stopped when the stage is re-run with the same parameters.
 #
 # **One run per stage.** The DVC stage `configs_train` is a matrix over `config_datasets` x `configs`: each
 # (data set, config) pair is its own stage (`dvc repro configs_train@mnist-D-1N`), so runs resume and re-run

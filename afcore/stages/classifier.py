@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from afcore import data as afdata
 from afcore import evaluation
@@ -125,7 +126,7 @@ def sanity_rows(cfg: Config, dev, root) -> list[dict]:
     """For each data set, its first test half against the second half: as is, + Gaussian noise of std 0.2, blurred
     3x3, and pure noise images; FID, KID x100 (+- its std over subsets) and IS (classifiers only) per pair."""
     rows = []
-    for name in list(cfg.classifier_datasets) + list(cfg.random_feature_datasets):
+    for name in tqdm(list(cfg.classifier_datasets) + list(cfg.random_feature_datasets), desc="sanity table"):
         prepared = afdata.load_prepared(name, root=str(Path(root) / "data"))
         feats = evaluation.load_classifier(classifier_path(root, name))
         n = min(cfg.sanity_images, len(prepared["test"]), len(prepared["train"]))
@@ -136,7 +137,8 @@ def sanity_rows(cfg: Config, dev, root) -> list[dict]:
             "noisy": (other + 0.2 * torch.randn(other.shape, generator=make_generator(cfg.seed, dev),
                                                 device=dev)).clamp(-1, 1),
             "blurred": torch.nn.functional.avg_pool2d(other, 3, stride=1, padding=1, count_include_pad=False),
-            "pure_noise": torch.randn(other.shape, generator=make_generator(cfg.seed + 1, dev), device=dev).clamp(-1, 1),
+            "pure_noise": torch.randn(other.shape, generator=make_generator(cfg.seed + 1, dev),
+                                      device=dev).clamp(-1, 1),
         }
         key = f"{feats.feature_kind}-{name}"
         for label, which in SANITY:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from afcore import config_unet, ddpm, evaluation, metrics, signal
 from afcore import data as afdata
@@ -74,7 +75,7 @@ def quality_and_spsnr(cfg: Config, dev, root, inputs: dict) -> tuple[list[dict],
     t_mid = torch.full((cfg.spsnr_images,), 500, device=dev)
     x_t = ddpm.make_scheduler().add_noise(x_t_clean, noise(cfg.spsnr_images, shape, cfg.seed + 2, dev), t_mid)
     z_small = noise(min(8, cfg.spsnr_images), shape, cfg.seed + 3, dev)
-    for config in cfg.configs:
+    for config in tqdm(cfg.configs, desc=f"{cfg.dataset}: quality and SPSNR"):
         model = load_unet(cfg, config, dev, root)
         if cfg.quality_sampler == "ancestral":  # the reference's 999-step sampler, as the paper's table was made
             fake = torch.cat([ddpm.ancestral_sample(model, z[i:i + 500], make_generator(cfg.seed + 6 + i, dev))
@@ -128,7 +129,7 @@ def training_cost(cfg: Config, dev, root, inputs: dict) -> tuple[dict, dict]:
     times = {c: [] for c in cfg.configs}
     scheduler = ddpm.make_scheduler()
     with torch.enable_grad():
-        for rep in range(COST_REPEATS):
+        for rep in tqdm(range(COST_REPEATS), desc=f"{cfg.dataset}: step cost"):
             for c in cfg.configs:
                 with Timer(dev) as timer:
                     ddpm.ddpm_loss(models[c], x0, scheduler, make_generator(rep, dev)).backward()
@@ -160,7 +161,7 @@ def rotation(cfg: Config, dev, root, shape) -> tuple[list[dict], dict]:
                            boundary=cfg.rotation_boundary)
 
     rows, frames = [], {}
-    for config in rotation_configs(cfg):
+    for config in tqdm(rotation_configs(cfg), desc=f"{cfg.dataset}: Config E rotation"):
         model = load_unet(cfg, config, dev, root)
         plain = generate(model, 0.0)
         for phi in cfg.rotation_angles:

@@ -4,8 +4,8 @@ summary, written to ``metrics/14_configs_report.json`` (the file README quotes) 
 
 The config is ``configs_train.Config`` (its ``dataset`` / ``config`` item fields are unused here).
 
-Steps, in the order ``run`` calls them: ``load_inputs``, ``table_rows``, ``spsnr_gaps``, ``rotation_summary``,
-``summarise``, ``figure_loss``, ``figure_spsnr``, ``figure_rotation``, ``write_outputs``.
+Steps, in the order ``run`` calls them: ``load_inputs``, ``table_rows``, ``spsnr_gaps``, ``figure_loss``,
+``figure_spsnr``, ``figure_rotation``, ``rotation_summary``, ``summarise``, ``write_outputs``.
 """
 from __future__ import annotations
 
@@ -160,9 +160,9 @@ def run(cfg: Config, device: str, out_dir) -> dict:
     train, evals = load_inputs(cfg, out_dir)
     rows = table_rows(cfg, train, evals)
     gaps = spsnr_gaps(cfg, rows)
-    report = summarise(cfg, evals, rows, gaps, rotation_summary(cfg, evals))
     figures = {"loss": figure_loss(cfg, out_dir), "spsnr": figure_spsnr(cfg, rows),
                "rotation_consistency": figure_rotation(cfg, evals)}
+    report = summarise(cfg, evals, rows, gaps, rotation_summary(cfg, evals))
     write_outputs(report, out_dir, figures)
     for fig in figures.values():
         plt.close(fig)

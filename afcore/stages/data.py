@@ -2,9 +2,9 @@
 ``data/<name>.pt``, with sha256 checksums of every split in ``metrics/10_data.json`` so a rerun can be checked byte
 for byte.
 
-Steps, in the order ``run`` calls them: ``setup`` (seeds, device check), ``build`` (the images, labels and a description per data set),
-``save_splits`` (seeded train/test split, ``data/<name>.pt``, the summary), ``figure_samples`` (a 6x6 grid per set)
-and ``write_outputs`` (the metrics JSON and the figure).
+Steps, in the order ``run`` calls them: ``setup`` (seeds, device check), ``build`` (the images, labels and a
+description per data set), ``save_splits`` (seeded train/test split, ``data/<name>.pt``, the summary),
+``figure_samples`` (a 6x6 grid per set) and ``write_outputs`` (the metrics JSON and the figure).
 """
 from __future__ import annotations
 

@@ -26,53 +26,29 @@ n_images = 5000
 test_fraction = 0.2
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
-import numpy as np
-import torch
 
-from afcore import data
-from afcore.utils import _atomic_write, save_figure, save_json, seed_everything
+from afcore.stages import data as stage
 
-seed_everything(seed)
-FIG = "figures/10_data"
-for name in datasets:
-    if name not in data.DATASETS:
-        raise ValueError(f"datasets: unknown {name!r}; allowed: {list(data.DATASETS)}")
+cfg = stage.Config.from_mapping(globals())  # checks every value (unknown data sets, fractions out of range)
+stage.setup(cfg, cfg.device)  # seeds; the sets are built on the CPU whatever the device
 
-digits, digit_labels = data.mnist(source=source, n=n_images)
-built = {}
-for name in datasets:
-    if name == "mnist":
-        built[name] = (digits, digit_labels, f"MNIST ({source})")
-    elif name == "mnist_m":
-        built[name] = (data.mnist_m(digits, seed=seed), digit_labels, "MNIST-M built from the MNIST digits + photo patches")
-    elif name == "natural32":
-        built[name] = (data.natural32(n_images, seed=seed), None, "natural32: scikit-image photo crops (CIFAR-10 stand-in)")
-    else:
-        images, labels = data.cifar10(source=source)
-        built[name] = (images[:n_images], labels[:n_images], "CIFAR-10 via datasets")
+# %% [markdown]
+# ## Building the sets
+# `stage.build` reads the digits once; MNIST-M blends those same digits with photo patches (seeded), so the two
+# share their labels; natural32 crops the photographs (seeded).
 
 # %%
-summary = {"profile": profile, "source": source, "datasets": {}}
-Path("data").mkdir(exist_ok=True)
-fig, axes = plt.subplots(1, len(built), figsize=(4 * len(built), 4.2))
-for ax, (name, (images, labels, description)) in zip(np.atleast_1d(axes), built.items()):
-    parts = data.split(images, labels, test_fraction, seed)
-    parts.update(name=name, description=description)
-    _atomic_write(Path(f"data/{name}.pt"), lambda tmp: torch.save(parts, tmp))
-    summary["datasets"][name] = {
-        "description": description, "train": int(parts["train"].shape[0]), "test": int(parts["test"].shape[0]),
-        "shape": list(images.shape[1:]), "labelled": labels is not None,
-        "sha256_train": data.checksum(parts["train"]), "sha256_test": data.checksum(parts["test"]),
-    }
-    grid = images[:36]
-    grid = grid.view(6, 6, *grid.shape[1:]).permute(0, 3, 1, 4, 2).reshape(6 * 32, 6 * 32, grid.shape[1])
-    ax.imshow(((grid + 1) / 2).clamp(0, 1).squeeze(-1), cmap="gray" if grid.shape[-1] == 1 else None)
-    ax.set_title(name)
-    ax.axis("off")
-save_figure(fig, f"{FIG}/samples.png")
+built = stage.build(cfg)
+
+# %% [markdown]
+# ## Split, save, checksum
+# Each set gets a seeded train/test split, written to `data/<name>.pt`; the sha256 of every split goes to
+# `metrics/10_data.json`.
+
+# %%
+summary = stage.save_splits(cfg, built, ".")
+fig = stage.figure_samples(built)
+stage.write_outputs(summary, ".", fig)
 plt.show()
-save_json(summary, "metrics/10_data.json")
 summary

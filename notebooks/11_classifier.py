@@ -42,59 +42,30 @@ random_feature_datasets = ["natural32"]
 sanity_images = 500
 
 # %%
-import shutil
-from pathlib import Path
-
+import matplotlib.pyplot as plt
 import pandas as pd
 
-import matplotlib.pyplot as plt
-import torch
+from afcore.stages import classifier as stage
 
-from afcore import data, evaluation
-from afcore.train import batch_sampler, train_loop
-from afcore.utils import make_generator, pick_device, save_figure, save_json, seed_everything
+cfg = stage.Config.from_mapping(globals())
+dev = stage.setup(cfg, cfg.device)  # seeds; one CPU thread on the CPU
 
-seed_everything(seed)
-dev = pick_device(device, deterministic)
-if dev.type == "cpu":
-    torch.set_num_threads(1)  # a small CNN: one thread is as fast and immune to core contention
-results = {"profile": profile, "steps": classifier_steps, "batch": classifier_batch}
-fig, ax = plt.subplots(figsize=(6, 3.5))
-for name in classifier_datasets:
-    prepared = data.load_prepared(name)
-    if prepared["train_labels"] is None:
-        raise ValueError(f"classifier_datasets: {name!r} has no labels; allowed: labelled sets (mnist, mnist_m)")
-    train_x, train_y = prepared["train"], prepared["train_labels"]
+# %% [markdown]
+# ## Training the classifiers
+# Each labelled set trains from scratch (`classifier_steps` AdamW steps of `classifier_batch` images drawn on the
+# device from seeded generators, through `afcore.train.train_loop`); afterwards its BatchNorm statistics are
+# recomputed exactly on the training images, and the model goes to `checkpoints/classifier/<name>.pt`. Each
+# unlabelled set gets its frozen random CNN.
 
-    sampler = batch_sampler(train_x, train_y, batch_size=classifier_batch, seed=seed, device=dev)
-
-    def get_batch(step):
-        images, labels, _ = sampler(step)
-        return images, labels
-
-    ckpt_dir = f"checkpoints/classifier/{name}_run"
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a stage run trains from scratch; resume is for interruptions
-    model, _, history = train_loop(evaluation.DigitClassifier(train_x.shape[1]), evaluation.classifier_loss,
-                                   get_batch, steps=classifier_steps, lr=classifier_lr, ckpt_dir=ckpt_dir,
-                                   device=str(dev), desc=f"classifier {name}")
-    # a short run's momentum-averaged BatchNorm statistics lag behind the weights: recompute them exactly
-    model = evaluation.calibrate_batchnorm(model, train_x.to(dev))
-    evaluation.save_classifier(model.cpu(), f"checkpoints/classifier/{name}.pt")
-    acc = evaluation.accuracy(model.to(dev), prepared["test"].to(dev), prepared["test_labels"].to(dev))
-    results[name] = {"test_accuracy": acc, "test_images": int(len(prepared["test"]))}
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], label=f"{name} (test acc {acc:.3f})")
-for name in random_feature_datasets:
-    if not Path(f"data/{name}.pt").exists():
-        raise ValueError(f"random_feature_datasets: data/{name}.pt missing; run the data stage with {name!r}")
-    prepared = data.load_prepared(name)
-    evaluation.save_classifier(evaluation.random_features(prepared["train"].shape[1], seed,
-                                                          calibrate=prepared["train"].to(dev)).cpu(),
-                               f"checkpoints/classifier/{name}.pt")
-    results[name] = {"features": f"rand-{name}", "note": "frozen seeded random CNN (no labels)"}
-ax.set_xlabel("step")
-ax.set_ylabel("cross-entropy")
-ax.legend()
-save_figure(fig, "figures/11_classifier/loss.png")
+# %%
+results = {"profile": cfg.profile, "steps": cfg.classifier_steps, "batch": cfg.classifier_batch}
+histories = {}
+for name in cfg.classifier_datasets:
+    results[name], history = stage.train_classifier(cfg, name, dev, ".")
+    histories[name] = (history, results[name]["test_accuracy"])
+for name in cfg.random_feature_datasets:
+    results[name] = stage.random_extractor(cfg, name, dev, ".")
+fig = stage.figure_loss(histories)
 plt.show()
 
 # %% [markdown]
@@ -102,25 +73,6 @@ plt.show()
 # Numbers are in each extractor's own feature space: compare rows within one data set, never across data sets.
 
 # %%
-rows = []
-for name in list(classifier_datasets) + list(random_feature_datasets):
-    prepared = data.load_prepared(name)
-    feats = evaluation.load_classifier(f"checkpoints/classifier/{name}.pt")
-    n = min(sanity_images, len(prepared["test"]), len(prepared["train"]))
-    half = min(n, len(prepared["test"]) // 2)
-    test, other = prepared["test"][:half], prepared["test"][half:2 * half]
-    test, other = test.to(dev), other.to(dev)
-    noisy = (other + 0.2 * torch.randn(other.shape, generator=make_generator(seed, dev), device=dev)).clamp(-1, 1)
-    blurred = torch.nn.functional.avg_pool2d(other, 3, stride=1, padding=1, count_include_pad=False)
-    pure_noise = torch.randn(other.shape, generator=make_generator(seed + 1, dev), device=dev).clamp(-1, 1)
-    for label, fake in (("other test images", other), ("other + noise 0.2", noisy), ("other blurred 3x3", blurred),
-                        ("pure noise images", pure_noise)):
-        m = evaluation.fid_kid_is(test, fake, feats, tag=name, kid_subset=min(100, n), device=dev)
-        key = f"{feats.feature_kind}-{name}"
-        rows.append({"dataset": name, "features": key, "compared": label, "images": half,
-                     "FID": m[f"FID[{key}]"], "KIDx100": m[f"KIDx100[{key}]"], "KIDx100_std": m[f"KIDx100_std[{key}]"],
-                     "IS": m[f"IS[{key}]"] if feats.feature_kind == "clf" else float("nan")})
-results["sanity"] = rows
-table = pd.DataFrame(rows)
-save_json(results, "metrics/11_classifier.json")
-table
+results["sanity"] = stage.sanity_rows(cfg, dev, ".")
+stage.write_outputs(results, ".", fig)
+pd.DataFrame(results["sanity"])

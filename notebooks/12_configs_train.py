@@ -20,9 +20,10 @@
 # included; the cpu profile sets `attention = "below_full"`, dropping the full-resolution attention whose 1024-token
 # softmax costs about five times the rest of a CPU training step). Training is DDPM (Ho et al. Algorithm 1): linear betas $10^{-4}$..$0.02$, $T = 1000$, timesteps drawn
 # from $1..T-1$ as the reference does, $\epsilon$-prediction MSE, AdamW, through `afcore.train.train_loop`
-# (accelerate: the same loop runs on CPU, one GPU or several processes). Batches and noise are drawn on the device
-# from seeded generators. Checkpoints are written every `ckpt_every` steps; an interrupted run resumes where it
-# stopped when the stage is re-run with the same parameters.
+# (accelerate: the same loop runs on CPU, one GPU or several processes); the U-Net is `afcore.config_unet`, the
+# diffusion process `afcore.ddpm`, the stage's steps `afcore.stages.configs_train`. Batches and noise are drawn on
+# the device from seeded generators. Checkpoints are written every `ckpt_every` steps; an interrupted run resumes
+# where it stopped when the stage is re-run with the same parameters.
 #
 # **One run per stage.** The DVC stage `configs_train` is a matrix over `config_datasets` x `configs`: each
 # (data set, config) pair is its own stage (`dvc repro configs_train@mnist-D-1N`), so runs resume and re-run
@@ -65,66 +66,33 @@ rotation_seeds = 4
 rotation_boundary = "zeros"
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
-import torch
 
-from afcore import data, ddpm
-from afcore.train import batch_sampler, prepare_run_dir, train_loop
-from afcore.utils import make_generator, pick_device, save_csv, save_figure, save_json, seed_everything
+from afcore.stages import configs_train as stage
 
-seed_everything(seed)
-dev = pick_device(device, deterministic)
-ddpm.parse_config(config, filter_method)  # fails early, naming the allowed configs
-scheduler = ddpm.make_scheduler("ddpm")
-run_name = f"{dataset}-{config}"
-CKPT = Path("checkpoints/configs") / dataset / config
+cfg = stage.Config.from_mapping(globals())  # fails early on an unknown config, naming the allowed ones
+dev = stage.setup(cfg, cfg.device)
 
-# %%
-prepared = data.load_prepared(dataset)
-train_x = prepared["train"]
-fingerprint = dict(dataset=dataset, config=config, base=base_channels, levels=levels, attention=attention,
-                   filter_method=filter_method, steps=train_steps, batch=batch_size, lr=lr, ema=ema_decay,
-                   seed=seed, n_train=int(len(train_x)), amp=amp, architecture="reference-widths-v2")
-run_dir = prepare_run_dir(CKPT, fingerprint)  # a checkpoint of other settings is not resumed
-seed_everything(seed)
-model = ddpm.ConfigUNet(config, in_channels=train_x.shape[1], base=base_channels, levels=levels,
-                        attention=attention, filter_method=filter_method)
-get_batch = batch_sampler(train_x, batch_size=batch_size, seed=seed, device=dev)
-
-
-def loss_fn(m, batch, step):
-    x0, batch_seed = batch
-    return ddpm.ddpm_loss(m, x0, scheduler, make_generator(batch_seed + 1, x0.device)), {}
-
-
-model, ema, history = train_loop(model, loss_fn, get_batch, steps=train_steps, lr=lr, ckpt_dir=run_dir,
-                                 ckpt_every=ckpt_every, ema_decay=ema_decay or None, device=str(dev),
-                                 amp=amp, compile=compile, desc=run_name)
-ddpm.save_unet((ema or model).cpu(), run_dir / "unet.pt")
+# %% [markdown]
+# ## Training
+# A checkpoint left by other settings (a different fingerprint: data set, config, widths, steps, ...) is deleted
+# rather than resumed. The initial weights come from the seed alone; each step's batch is drawn from a generator
+# seeded by `(seed, step)` and its timesteps and noise from one seeded by the batch's seed, so a resumed run sees
+# exactly the draws of an uninterrupted one. The sampling weights (the EMA when `ema_decay` > 0) go to
+# `checkpoints/configs/<dataset>/<config>/unet.pt`.
 
 # %%
-seconds = sum(h["seconds"] for h in history)  # survives resume, unlike a wall clock around the call
-tail = history[-max(1, len(history) // 5):]
-step_times = sorted(h["seconds"] for h in history[min(5, len(history) - 1):])  # the first steps warm up
-summary = {"profile": profile, "dataset": dataset, "config": config, "device": str(dev),
-           "steps": train_steps, "batch_size": batch_size, "base_channels": base_channels, "levels": levels,
-           "trainable_parameters": sum(p.numel() for p in model.parameters()),
-           "final_loss_mean_last_20pct": sum(h["loss"] for h in tail) / len(tail),
-           "train_seconds": seconds, "median_step_seconds": step_times[len(step_times) // 2]}
-Path("metrics/configs_train").mkdir(parents=True, exist_ok=True)
-save_csv([{"step": h["step"], "loss": h["loss"]} for h in history], f"metrics/configs_train/{run_name}_loss.csv")
-save_json(summary, f"metrics/configs_train/{run_name}.json")
+train_x = stage.load_inputs(cfg, ".")
+model, ema, history = stage.train(cfg, dev, ".", train_x)
 
-losses = torch.tensor([h["loss"] for h in history], device="cpu")
-k = max(1, len(losses) // 20)
-smooth = torch.nn.functional.avg_pool1d(losses[None, None], k, 1)[0, 0] if len(losses) > k else losses
-fig, ax = plt.subplots(figsize=(6, 3.4))
-ax.plot([h["step"] for h in history], losses, alpha=0.3, label="per step")
-ax.plot([h["step"] for h in history][k - 1:][:len(smooth)], smooth, label=f"moving average ({k} steps)")
-ax.set(title=f"{dataset} / {config}: training loss", xlabel="step", ylabel="epsilon MSE", yscale="log")
-ax.legend()
-save_figure(fig, f"figures/12_configs_train/{run_name}.png")
+# %% [markdown]
+# ## Loss and cost
+# Training seconds are summed from the per-step history, so they survive a resume (a wall clock around the call
+# would not); the median step time skips the first steps, which warm up.
+
+# %%
+summary = stage.summarise(cfg, dev, model, history)
+fig = stage.figure_loss(cfg, history)
+stage.write_outputs(cfg, summary, history, ".", fig)
 plt.show()
 summary

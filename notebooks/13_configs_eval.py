@@ -55,85 +55,22 @@ rotation_seeds = 4
 rotation_boundary = "zeros"
 
 # %%
-import time
-import warnings
-from pathlib import Path
-
 import matplotlib.pyplot as plt
-import numpy as np
-import torch
+from IPython.display import Markdown, display
 
-from afcore import data, ddpm, evaluation, metrics, signal
-from afcore.utils import make_generator, pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
+from afcore.stages import configs_eval as stage
 
-warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-seed_everything(seed)
-dev = pick_device(device, deterministic)
-torch.set_grad_enabled(False)
-for c in configs:
-    ddpm.parse_config(c, filter_method)
-if quality_sampler not in ("ddim", "ancestral"):
-    raise ValueError(f"quality_sampler must be 'ddim' or 'ancestral', got {quality_sampler!r}")
-if rotation_protocol not in ("reference", "ddim"):
-    raise ValueError(f"rotation_protocol must be 'reference' or 'ddim', got {rotation_protocol!r}")
-FIG = Path("figures/13_configs_eval")
-OUT = Path("metrics/configs_eval")
-OUT.mkdir(parents=True, exist_ok=True)
-
-
-def unet(config):
-    return ddpm.load_unet(f"checkpoints/configs/{dataset}/{config}/unet.pt").to(dev)
-
-
-def noise(n, shape, s):
-    return torch.randn(n, *shape, generator=make_generator(s, dev), device=dev)
-
-
-prepared = data.load_prepared(dataset)
-real = prepared["test"]
-shape = tuple(real.shape[1:])
-classifier = evaluation.load_classifier(f"checkpoints/classifier/{dataset}.pt")
+cfg = stage.Config.from_mapping(globals())  # the configs section and this stage's data set, checked
+dev = stage.setup(cfg, cfg.device)
+inputs = stage.load_inputs(cfg, dev, ".")  # the data set, its test images and the classifier features
 
 # %% [markdown]
 # ## 1. Sample quality and shift equivariance
+# All configs see the same initial noise (`seed + 1` for the quality samples, `seed + 2` for the noisy images of the
+# denoiser test, `seed + 3` for the shifted sampling test), drawn on the device.
 
 # %%
-rows, spsnr_rows, sample_grids = [], [], {}
-z = noise(n_samples, shape, seed + 1)
-x_t_clean = real[:spsnr_images].to(dev)
-t_mid = torch.full((spsnr_images,), 500, device=dev)
-x_t = ddpm.make_scheduler().add_noise(x_t_clean, noise(spsnr_images, shape, seed + 2), t_mid)
-z_small = noise(min(8, spsnr_images), shape, seed + 3)
-for config in configs:
-    model = unet(config)
-    if quality_sampler == "ancestral":  # the reference's 999-step sampler, as the paper's table was made
-        fake = torch.cat([ddpm.ancestral_sample(model, z[i:i + 500], make_generator(seed + 6 + i, dev))
-                          for i in range(0, n_samples, 500)])
-    else:
-        fake = torch.cat([ddpm.sample(model, z[i:i + 500], steps=sample_steps) for i in range(0, n_samples, 500)])
-    sample_grids[config] = fake[:16].cpu()
-    quality = evaluation.quality_metrics(real, fake, classifier, dataset, device=dev)
-    row = {"dataset": dataset, "config": config, "samples": n_samples, "real_test_images": int(len(real)),
-           **{k.split("[")[0]: v for k, v in quality.items()}, "features": f"clf-{dataset}"}
-    paper = ddpm.PAPER_TABLE.get(ddpm.PAPER_DATASET.get(dataset, ""), {}).get(config)
-    row.update({"paper_IS": paper[0], "paper_FID": paper[1], "paper_KIDx100": paper[2]} if paper else {})
-    base_samples = ddpm.sample(model, z_small, steps=sample_steps)
-    den, smp = [], []
-    for d in spsnr_shifts:
-        den_d = metrics.spsnr(lambda x: model(x, t_mid), x_t, (0.0, d), per_sample=True).tolist()
-        smp_d = metrics.spsnr(lambda x: ddpm.sample(model, x, steps=sample_steps), z_small, (0.0, d),
-                              mode="circular-valid", fx=base_samples, per_sample=True).tolist()
-        den += den_d
-        smp += smp_d
-        spsnr_rows.append({"dataset": dataset, "config": config, "shift": d,
-                           "denoiser_spsnr_db": float(np.mean(den_d)), "sample_spsnr_db": float(np.mean(smp_d))})
-    row["denoiser_spsnr_db"], row["denoiser_spsnr_sem"] = metrics.mean_sem(den)
-    row["sample_spsnr_db"], row["sample_spsnr_sem"] = metrics.mean_sem(smp)
-    rows.append(row)
-save_csv(spsnr_rows, OUT / f"{dataset}_spsnr.csv")
-
-# %%
-from IPython.display import Markdown, display
+rows, spsnr_rows, sample_grids = stage.quality_and_spsnr(cfg, dev, ".", inputs)
 
 
 def fmt(r, key, digits=2):
@@ -147,55 +84,25 @@ table = ("| config | IS | FID | KID x100 (± sd) | denoiser SPSNR (dB) | sample 
              f"| {fmt(r, 'denoiser_spsnr_db', 1)} ± {fmt(r, 'denoiser_spsnr_sem', 1)} "
              f"| {fmt(r, 'sample_spsnr_db', 1)} ± {fmt(r, 'sample_spsnr_sem', 1)} "
              f"| {fmt(r, 'paper_IS')} / {fmt(r, 'paper_FID')} / {fmt(r, 'paper_KIDx100')} |\n" for r in rows))
-display(Markdown(f"**{dataset}, profile `{profile}`:** {n_samples} samples ({quality_sampler}, {sample_steps} DDIM steps "
-                 "if ddim) per config "
-                 f"against {len(real)} test images; U-Nets with base {base_channels}, {levels} levels, trained "
-                 f"{train_steps} steps at batch {batch_size}. IS/FID/KID use classifier features (`clf-{dataset}`), "
-                 "not Inception, so they are not comparable with the paper's columns. SPSNR: peak 2, horizontal "
-                 f"shifts {spsnr_shifts} px, mean ± standard error over images and shifts.\n\n" + table))
+display(Markdown(f"**{cfg.dataset}, profile `{cfg.profile}`:** {cfg.n_samples} samples ({cfg.quality_sampler}, "
+                 f"{cfg.sample_steps} DDIM steps if ddim) per config against {len(inputs['real'])} test images; "
+                 f"U-Nets with base {cfg.base_channels}, {cfg.levels} levels, trained {cfg.train_steps} steps at "
+                 f"batch {cfg.batch_size}. IS/FID/KID use classifier features (`clf-{cfg.dataset}`), not Inception, "
+                 "so they are not comparable with the paper's columns. SPSNR: peak 2, horizontal shifts "
+                 f"{list(cfg.spsnr_shifts)} px, mean ± standard error over images and shifts.\n\n" + table))
 
 # %%
-fig, axes = plt.subplots(1, len(configs), figsize=(2.6 * len(configs), 2.9), squeeze=False)
-for ax, config in zip(axes[0], configs):
-    g = sample_grids[config]
-    k = int(np.sqrt(len(g)))
-    grid = g[:k * k].view(k, k, *g.shape[1:]).permute(0, 3, 1, 4, 2).reshape(k * g.shape[-2], k * g.shape[-1], -1)
-    ax.imshow(((grid + 1) / 2).clamp(0, 1).squeeze(-1).numpy(), cmap="gray")
-    ax.set_title(f"{dataset} {config}", fontsize=9)
-    ax.axis("off")
-save_figure(fig, FIG / f"{dataset}_samples.png")
+fig_samples = stage.figure_samples(cfg, sample_grids)
 plt.show()
 
 # %% [markdown]
 # ## 2. The cost of alias-free layers
 #
 # Median time of one training step (forward + backward) on the same batch, relative to Config A, measured in this
-# process with the configs interleaved.
+# process with the configs interleaved (`afcore.stages.common.Timer` waits for the device before reading the clock).
 
 # %%
-torch.set_grad_enabled(True)
-x0 = prepared["train"][:batch_size].to(dev)
-models = {c: unet(c).train() for c in configs}
-times = {c: [] for c in configs}
-scheduler = ddpm.make_scheduler()
-
-
-def sync():
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-for rep in range(6):
-    for c in configs:
-        sync()
-        t0 = time.perf_counter()
-        ddpm.ddpm_loss(models[c], x0, scheduler, make_generator(rep, dev)).backward()
-        sync()
-        times[c].append(time.perf_counter() - t0)
-torch.set_grad_enabled(False)
-step_seconds = {c: float(np.median(times[c][1:])) for c in configs}
-cost_rel = {c: step_seconds[c] / step_seconds[configs[0]] for c in configs}
-del models
+step_seconds, cost_rel = stage.training_cost(cfg, dev, ".", inputs)
 cost_rel
 
 # %% [markdown]
@@ -206,63 +113,12 @@ cost_rel
 # exactly (tested).
 
 # %%
-d_configs = [c for c in configs if c.startswith("D")]
-compare = [configs[0]] + (d_configs[-1:] if d_configs else configs[-1:])
-rotation = "spline-wrap" if rotation_protocol == "reference" else "fourier"
-mask = signal.inscribed_circle_mask(*shape[-2:], margin=1.0, device=dev)
-z_rot = noise(rotation_seeds, shape, seed + 4)
-
-
-def generate(model, phi):
-    if rotation_protocol == "reference":
-        return ddpm.ancestral_sample(model, z_rot, make_generator(seed + 5, dev), rotate_to=phi, rotation=rotation)
-    return ddpm.sample(model, z_rot, steps=sample_steps, rotate_to=phi, rotation=rotation, boundary=rotation_boundary)
-
-
-rot_rows, frames = [], {}
-for config in compare:
-    model = unet(config)
-    plain = generate(model, 0.0)
-    for phi in rotation_angles:
-        rotated = generate(model, phi) if phi else plain
-        total = ddpm.applied_rotation(phi, rotation_protocol, sample_steps)
-        target = ddpm.rotate_step(plain, total, rotation, rotation_boundary)
-        per_seed = metrics.psnr(rotated * mask, target * mask, mask, per_sample=True).clamp(max=100.0)
-        mean, sem = metrics.mean_sem(per_seed)
-        rot_rows.append({"dataset": dataset, "config": config, "angle": phi, "psnr_db": mean, "psnr_sem": sem})
-        frames.setdefault(phi, []).append(rotated[0].cpu())
-save_csv(rot_rows, OUT / f"{dataset}_rotation.csv")
-gif = [((torch.cat(frames[phi], dim=-1).permute(1, 2, 0) + 1) / 2).clamp(0, 1).squeeze(-1).numpy()
-       for phi in rotation_angles]
-gif = [np.kron(f, np.ones((4, 4) + ((1,) if f.ndim == 3 else ()))) for f in gif]
-save_gif(gif + gif[::-1], FIG / f"{dataset}_rotation.gif", fps=3)
-
-fig, ax = plt.subplots(figsize=(6, 3.6))
-for config in compare:
-    pts = [r for r in rot_rows if r["config"] == config and r["angle"] != 0]
-    ax.errorbar([p["angle"] for p in pts], [p["psnr_db"] for p in pts], yerr=[p["psnr_sem"] for p in pts],
-                fmt="o-", capsize=3, label=config)
-ax.set_title(f"{dataset}: rotation consistency ({rotation_seeds} seeds, {rotation_protocol} protocol)")
-ax.set_xlabel("phi (degrees)")
-ax.set_ylabel("PSNR in inscribed circle (dB)")
-ax.legend()
-save_figure(fig, FIG / f"{dataset}_rotation_consistency.png")
+rot_rows, frames = stage.rotation(cfg, dev, ".", inputs["shape"])
+gif = stage.rotation_frames(cfg, frames)
+fig_rotation = stage.figure_rotation(cfg, rot_rows)
 plt.show()
 
 # %%
-consistency = {}
-for config in compare:
-    vals = [r["psnr_db"] for r in rot_rows if r["config"] == config and r["angle"] != 0]
-    consistency[config] = float(np.mean(vals)) if vals else None
-save_json({"profile": profile, "dataset": dataset, "device": str(dev),
-           "scale": {"samples": n_samples, "sample_steps": sample_steps, "train_steps": train_steps,
-                     "batch_size": batch_size, "base_channels": base_channels, "levels": levels},
-           "conventions": f"IS/FID/KIDx100 with classifier features (clf-{dataset}), not Inception; KIDx100_std = "
-                          "standard deviation over KID subsets; SPSNR peak 2, per image and shift, mean +- standard "
-                          "error; denoiser: cropped shifts of x_t; samples: circular shifts of the initial noise, "
-                          "non-wrapped pixels; rotation PSNR peak 2 in the inscribed circle, mean +- standard error "
-                          "over seeds",
-           "rotation_protocol": rotation_protocol, "table": rows,
-           "train_step_seconds": step_seconds, "train_step_time_relative_to_A": cost_rel,
-           "rotation": rot_rows, "rotation_consistency_mean_db": consistency},
-          OUT / f"{dataset}.json")
+summary = stage.summarise(cfg, dev, rows, step_seconds, cost_rel, rot_rows)
+stage.write_outputs(cfg, ".", summary, spsnr_rows, rot_rows, gif, fig_samples, fig_rotation)
+summary["rotation_consistency_mean_db"]

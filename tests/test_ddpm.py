@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from afcore import ddpm, metrics, signal
+from afcore import config_unet, ddpm, metrics, signal
 from afcore.train import train_loop
 
 
@@ -19,22 +19,22 @@ def _count(model):
 
 def test_every_paper_config_builds_runs_and_adds_no_parameters():
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
-    base = _count(ddpm.ConfigUNet("A", in_channels=3, base=8, levels=2))
-    for name in ddpm.PAPER_CONFIGS:
-        model = ddpm.ConfigUNet(name, in_channels=3, base=8, levels=2)
+    base = _count(config_unet.ConfigUNet("A", in_channels=3, base=8, levels=2))
+    for name in config_unet.PAPER_CONFIGS:
+        model = config_unet.ConfigUNet(name, in_channels=3, base=8, levels=2)
         assert _count(model) == base, name
         assert model(x, t).shape == x.shape
-    cfg = ddpm.parse_config("D-2N")
+    cfg = config_unet.parse_config("D-2N")
     assert cfg == {"resample": True, "activation": True, "beta": 2.0, "normalize": True, "filter": "kaiser"}
-    ideal = ddpm.ConfigUNet("D-1N", in_channels=3, base=8, levels=2, filter_method="ideal")
+    ideal = config_unet.ConfigUNet("D-1N", in_channels=3, base=8, levels=2, filter_method="ideal")
     assert _count(ideal) == base and ideal(x, t).shape == x.shape
     with pytest.raises(ValueError, match="filter_method must be one of"):
-        ddpm.ConfigUNet("D-1N", filter_method="gaussian")
+        config_unet.ConfigUNet("D-1N", filter_method="gaussian")
 
 
 def test_unknown_config_name_lists_the_allowed_ones():
     with pytest.raises(ValueError, match=r"config must be one of .*'A', 'B-0'"):
-        ddpm.ConfigUNet("E-3")
+        config_unet.ConfigUNet("E-3")
 
 
 def test_alias_free_unet_is_more_shift_consistent_at_init():
@@ -44,7 +44,7 @@ def test_alias_free_unet_is_more_shift_consistent_at_init():
     scores = {}
     for name in ("A", "D-1N"):
         torch.manual_seed(1)
-        model = ddpm.ConfigUNet(name, in_channels=1, base=8, levels=2, attention=False).eval()
+        model = config_unet.ConfigUNet(name, in_channels=1, base=8, levels=2, attention=False).eval()
         with torch.no_grad():
             scores[name] = float(metrics.spsnr(lambda z: model(z, t), x, (0.0, 0.5)))
     assert scores["D-1N"] > scores["A"], scores
@@ -76,7 +76,7 @@ def test_unet_training_resumes_to_the_same_weights(tmp_path):
 
     def fresh():
         torch.manual_seed(0)
-        return ddpm.ConfigUNet("B-1N", in_channels=1, base=8, levels=1, attention=False)
+        return config_unet.ConfigUNet("B-1N", in_channels=1, base=8, levels=1, attention=False)
 
     full, _, _ = train_loop(fresh(), loss_fn, get_batch, steps=4, lr=1e-3, ckpt_dir=tmp_path / "a")
     train_loop(fresh(), loss_fn, get_batch, steps=4, lr=1e-3, ckpt_dir=tmp_path / "b", ckpt_every=1, stop_after=2)
@@ -99,16 +99,17 @@ def test_two_cpu_processes_stay_in_sync(tmp_path):
     assert r0["world"] == r1["world"] == 2
     torch.testing.assert_close(r0["params"], r1["params"], rtol=0, atol=0)
     torch.manual_seed(0)
-    init = torch.cat([p.flatten() for p in ddpm.ConfigUNet("D-1N", 1, base=8, levels=1, attention=False).parameters()])
+    init = torch.cat([p.flatten() for p in
+                      config_unet.ConfigUNet("D-1N", 1, base=8, levels=1, attention=False).parameters()])
     assert not torch.equal(init, r0["params"])
 
 
 def test_the_unet_has_the_reference_widths_and_full_resolution_attention():
     b = 32
-    model = ddpm.ConfigUNet("A", in_channels=3, base=b, levels=3)
+    model = config_unet.ConfigUNet("A", in_channels=3, base=b, levels=3)
     ups = [(u.convs[0].net[0].in_channels, u.convs[1].net[3].out_channels) for u in model.ups]
     assert ups == [(8 * b, 2 * b), (4 * b, b), (2 * b, b)]  # the reference's up1, up2, up3
-    assert all(isinstance(a, ddpm.SelfAttention) for a in model.up_attn)  # sa4, sa5 and sa6 (full resolution)
+    assert all(isinstance(a, config_unet.SelfAttention) for a in model.up_attn)  # sa4, sa5 and sa6 (full resolution)
     assert sum(p.numel() for p in model.parameters()) == 5_897_155  # the reference UNet(c_in=3, image_size=32)
 
 
@@ -145,7 +146,7 @@ def test_reference_rotation_wraps_and_ours_zero_fills_the_corners():
 
 
 def test_paper_table_has_every_config_for_every_data_set():
-    for dataset, rows in ddpm.PAPER_TABLE.items():
-        assert set(rows) == set(ddpm.PAPER_CONFIGS), dataset
-    assert ddpm.PAPER_TABLE["mnist"]["B-1N"] == (1.97, 11.62, 0.72)
-    assert ddpm.PAPER_TABLE["mnist_m"]["C-1N"][1] == 144.41
+    for dataset, rows in config_unet.PAPER_TABLE.items():
+        assert set(rows) == set(config_unet.PAPER_CONFIGS), dataset
+    assert config_unet.PAPER_TABLE["mnist"]["B-1N"] == (1.97, 11.62, 0.72)
+    assert config_unet.PAPER_TABLE["mnist_m"]["C-1N"][1] == 144.41

@@ -3,7 +3,7 @@ forgotten `device=` visible on a CPU-only machine."""
 import pytest
 import torch
 
-from afcore import ddpm, evaluation, metrics, utils
+from afcore import config_unet, ddpm, evaluation, metrics, utils
 from workbook import params
 
 torch.set_num_threads(1)
@@ -48,7 +48,7 @@ def test_hot_paths_name_their_device(tmp_path):
     """DDPM loss and sampling, quality metrics and SPSNR run under the guard (a forgotten device= fails here)."""
     dev = torch.device("cpu")
     with utils.DeviceGuard():
-        model = ddpm.ConfigUNet("D-1N", base=8, levels=1)
+        model = config_unet.ConfigUNet("D-1N", base=8, levels=1)
         x0 = torch.zeros(2, 1, 32, 32, device=dev)
         ddpm.ddpm_loss(model, x0, ddpm.make_scheduler(), utils.make_generator(0, dev)).backward()
         z = torch.randn(2, 1, 32, 32, generator=utils.make_generator(1, dev), device=dev)

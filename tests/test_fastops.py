@@ -155,7 +155,7 @@ def test_activation_with_parameters_takes_the_unfused_path_and_gets_gradients():
 
 
 def test_switches_default_context_and_set_impl():
-    from afcore.ddpm import ConfigUNet
+    from afcore.config_unet import ConfigUNet
 
     assert L.get_default_impl() == "fast"
     torch.manual_seed(0)

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from afcore import params, vae as V
+from afcore import vae as V
+from workbook import params
 from afcore.stages import af_vae
 from afcore.stages.common import ConfigError, pick_device
 

@@ -62,7 +62,7 @@ def test_ema_lags_behind_the_weights(tmp_path):
 def test_seeded_ddpm_runs_repeat_exactly_and_amp_runs_in_bf16(tmp_path):
     """Two runs with the same seed (batches and noise from per-step generators on the device) end with identical
     weights; an amp run computes its forward pass in bf16 (so it must differ a little) and still learns."""
-    from afcore import ddpm
+    from afcore import config_unet, ddpm
     from afcore.train import batch_sampler
     from afcore.utils import make_generator
 
@@ -71,7 +71,7 @@ def test_seeded_ddpm_runs_repeat_exactly_and_amp_runs_in_bf16(tmp_path):
 
     def run(name, amp=False):
         torch.manual_seed(0)
-        model = ddpm.ConfigUNet("B-1N", in_channels=1, base=8, levels=1, attention="none")
+        model = config_unet.ConfigUNet("B-1N", in_channels=1, base=8, levels=1, attention="none")
         get_batch = batch_sampler(images, batch_size=8, seed=3, device="cpu")
 
         def loss_fn(m, b, step):

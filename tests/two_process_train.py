@@ -5,12 +5,12 @@ from pathlib import Path
 
 import torch
 
-from afcore import ddpm
+from afcore import config_unet, ddpm
 from afcore.train import train_loop
 
 out = Path(sys.argv[1])
 torch.manual_seed(0)
-model = ddpm.ConfigUNet("D-1N", in_channels=1, base=8, levels=1, attention=False)
+model = config_unet.ConfigUNet("D-1N", in_channels=1, base=8, levels=1, attention=False)
 scheduler = ddpm.make_scheduler()
 data = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
 

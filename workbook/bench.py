@@ -9,7 +9,7 @@ Two parts, each a set of cases timed in the same run and reported as ratios to t
   the bytes autograd keeps for the backward pass (what bounds a training step's activation memory). The filtered
   SiLU also gets "where the time goes" (its up-sampler, the activation at x2 size, its down-sampler, alone) and the
   memory-bound limit: the time of ``x.clone()`` (one read and one write of x), the least any fused op must take.
-- **model pairs**, one training step (loss, backward, Adam step) each: Config D-1N vs A (``afcore.ddpm``), AF-VAE vs
+- **model pairs**, one training step (loss, backward, Adam step) each: Config D-1N vs A (``afcore.config_unet``), AF-VAE vs
   VAE (``afcore.vae.small_vae`` + ``afcore.surgery.make_alias_free``), AF-LDM vs LDM (``afcore.ldm.latent_unet`` +
   surgery); each alias-free model also with ``impl="ref"`` (what they cost before the fast paths).
 
@@ -224,7 +224,7 @@ def bench_layers(device, shapes, rounds: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- model pairs
 def _config_pair(device, size):
-    from afcore import ddpm
+    from afcore import config_unet, ddpm
 
     sched = ddpm.make_scheduler("ddpm")
     x = torch.randn(size["batch"], 1, size["size"], size["size"], device=device)
@@ -232,7 +232,7 @@ def _config_pair(device, size):
 
     def make(config, impl):
         torch.manual_seed(0)
-        model = ddpm.ConfigUNet(config, base=size["base"], levels=size["levels"],
+        model = config_unet.ConfigUNet(config, base=size["base"], levels=size["levels"],
                                 attention=size.get("attention", "all")).to(device)
         return layers.set_impl(model, impl) if impl else model
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from afcore import ddpm
+from afcore import config_unet, ddpm
 from afcore.train import batch_sampler, train_loop
 from afcore.utils import REPO_ROOT, make_generator, pick_device, save_json
 
@@ -26,7 +26,7 @@ from afcore.utils import REPO_ROOT, make_generator, pick_device, save_json
 def measure(config: str, variant: str, device: torch.device, base: int, levels: int, batch: int,
             warmup: int, steps: int) -> dict:
     torch.manual_seed(0)
-    model = ddpm.ConfigUNet(config, in_channels=1, base=base, levels=levels)
+    model = config_unet.ConfigUNet(config, in_channels=1, base=base, levels=levels)
     images = torch.rand(512, 1, 32, 32, generator=torch.Generator().manual_seed(0), device="cpu") * 2 - 1
     get_batch = batch_sampler(images, batch_size=batch, seed=0, device=device)
     scheduler = ddpm.make_scheduler()

@@ -132,7 +132,7 @@ def test_theory_notebooks_run_on_their_device_parameter():
     for stem in ("00_", "01_", "02_", "03_", "04_", "05_"):
         nb = next(p for p in NOTEBOOKS if p.name.startswith(stem))
         assert parameter_names(nb)["device"] == "auto", f"{nb.name}: the device default must be 'auto'"
-        assert "dev = pick_device(device)" in nb.read_text(), f"{nb.name}: never resolves its device parameter"
+        assert "dev = pick_device(device, deterministic)" in nb.read_text(), f"{nb.name}: never resolves its device parameter"
 
 
 def test_theory_notebooks_have_exercises_with_solutions():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_run_outputs(stage_device, smoke_run, device_checks):
         control = rows[normals.CONTROL, tex]["lat_spsnr"][0]
         floor = 100 if latent_sr.matmul_precision(stage_device) == "float32" else 40
         assert control > floor and control > rows["AF-YOSO", tex]["lat_spsnr"][0] + 20
-        assert rows[normals.CONTROL, tex]["lat_angle"][0] < 1e-3
+        assert rows[normals.CONTROL, tex]["lat_angle"][0] < 0.05  # degrees
     with open(root / "metrics/60_normals_shift.csv") as fh:
         curve = list(csv.DictReader(fh))
     assert len(curve) == len(rows) * cfg.normals_shift_steps
@@ -85,14 +86,18 @@ def test_paired_differences_and_verdicts(stage_device, smoke_run, device_checks)
 
 
 def test_resume_trains_no_extra_step(smoke_run, device_checks):
+    """Same settings, finished checkpoint: train_model resumes at the last step and trains nothing (the latents
+    are dummies here: a step run on them, or a fingerprint mismatch restarting the run, would change the history)."""
     cfg, root, m = smoke_run("cpu", device_checks)
-    scenes = normals.render_scenes(cfg, "cpu")
-    loaded = normals.load_codecs(cfg, "cpu", root)
-    latents = normals.encode_training(cfg, loaded["codecs"], scenes)
-    _, hist, _ = normals.train_model(cfg, "AF-YOSO", latents, loaded["codecs"], loaded["factor"], "cpu", root)
-    assert len(hist) == cfg.normals_steps
-    state = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)
-    assert state["step"] == cfg.normals_steps and state["history"] == hist  # resumed: no step was run again
+    before = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)
+    codecs = {name: SimpleNamespace(scale=m["scales"][name]) for name in normals.MODELS}
+    dummy = torch.zeros(1, 4, 8, 8, device="cpu")
+    latents = {name: {"cond": dummy, "target": dummy} for name in normals.MODELS}
+    factor = cfg.normals_size // m["scale"]["latent"][1]
+    _, hist, _ = normals.train_model(cfg, "AF-YOSO", latents, codecs, factor, "cpu", root)
+    after = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)
+    assert before["step"] == after["step"] == cfg.normals_steps
+    assert hist == before["history"] == after["history"] and len(hist) == cfg.normals_steps
 
 
 @pytest.mark.parametrize("key,value", [("normals_code", "rgbz"), ("normals_train_t", "late"),

@@ -1,0 +1,111 @@
+"""The normals stage (afcore.stages.normals): a smoke run on every device, its paired differences and verdicts,
+resume, config checks."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from afcore.stages import latent_sr, normals
+from afcore.stages.common import ConfigError
+from conftest import UPSTREAM
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_workspace, smoke_params):
+    """One smoke run per device, shared by the tests of this module: device -> (cfg, root, metrics)."""
+    runs = {}
+
+    def get(device, checks):
+        if device not in runs:
+            root = smoke_workspace(*UPSTREAM["normals"])
+            shutil.rmtree(root / "checkpoints/normals", ignore_errors=True)  # train for real on every device
+            cfg = normals.Config.from_params(smoke_params)
+            with checks(device):
+                runs[device] = (cfg, root, normals.run(cfg, device, root))
+        return runs[device]
+
+    return get
+
+
+def test_run_outputs(stage_device, smoke_run, device_checks):
+    cfg, root, m = smoke_run(stage_device, device_checks)
+    assert json.loads((root / "metrics/60_normals.json").read_text())["scale"]["steps"] == cfg.normals_steps
+    for f in ["figures/60_normals/pan_smooth.gif", "figures/60_normals/pan_sharp.gif",
+              "checkpoints/normals/af_vae/final/prompt.pt", "checkpoints/normals/vanilla/last.pt"]:
+        assert (root / f).stat().st_size > 0, f
+    for name in normals.MODELS:
+        for tex in normals.TEXTURES:
+            acc = m["accuracy"][name][tex]
+            assert 0 <= acc["mean"][0] <= 180 and 0 <= acc["under_30"][0] <= 100, (name, tex)
+            assert acc["under_11.25"][0] <= acc["under_22.5"][0] <= acc["under_30"][0]
+            assert 0 <= m["vae_floor"][name][tex]["mean"][0] < m["flat_baseline"][tex]["mean"][0] + 30
+    rows = {(r["row"], r["albedo"]): r for r in m["shift"]}
+    assert len(rows) == len(m["shift"]) == 5 * len(normals.TEXTURES)
+    for tex in normals.TEXTURES:
+        for name in normals.MODELS:
+            r = rows[name, tex]
+            assert all(math.isfinite(r[k][0]) for k in ("lat_spsnr", "img_spsnr", "flicker", "we"))
+        # the exactly equivariant linear control sits at the precision's ceiling, far above the models
+        control = rows[normals.CONTROL, tex]["lat_spsnr"][0]
+        floor = 100 if latent_sr.matmul_precision(stage_device) == "float32" else 40
+        assert control > floor and control > rows["AF-YOSO", tex]["lat_spsnr"][0] + 20
+        assert rows[normals.CONTROL, tex]["lat_angle"][0] < 0.05  # degrees
+    with open(root / "metrics/60_normals_shift.csv") as fh:
+        curve = list(csv.DictReader(fh))
+    assert len(curve) == len(rows) * cfg.normals_shift_steps
+    assert {c["row"] for c in curve} == {r for r, _ in rows}
+    assert m["train_cpu_seconds"]["AF-YOSO"] > 0 and set(m["scales"]) == set(normals.MODELS)
+
+
+def test_paired_differences_and_verdicts(stage_device, smoke_run, device_checks):
+    """AF - standard, paired over the same test scenes: the mean difference is the difference of the means; the
+    verdict names the better model only beyond two standard errors."""
+    _, _, m = smoke_run(stage_device, device_checks)
+    rows = {(r["row"], r["albedo"]): r for r in m["shift"]}
+    assert len(m["af_minus_standard"]) == len(normals.TEXTURES) * len(normals.BETTER)
+    for d in m["af_minus_standard"]:
+        diff, se = d["af_minus_standard"]
+        if d["metric"] == "mean":
+            a, b = (m["accuracy"][n][d["albedo"]]["mean"][0] for n in ("AF-YOSO", "standard YOSO"))
+        else:
+            a, b = (rows[n, d["albedo"]][d["metric"]][0] for n in ("AF-YOSO", "standard YOSO"))
+        assert diff == pytest.approx(a - b, abs=1e-9)
+        if abs(diff) <= 2 * se:
+            assert d["verdict"].startswith("not resolved")
+        else:
+            af_better = (diff < 0) == (normals.BETTER[d["metric"]] == "lower")
+            assert d["verdict"] == ("AF-YOSO better" if af_better else "standard better")
+    for v in m["accuracy_vs_references"]:
+        ref = m["flat_baseline"][v["albedo"]] if v["reference"] == "flat normals" else \
+            m["vae_floor"][v["model"]][v["albedo"]]
+        assert v["diff_deg"][0] == pytest.approx(m["accuracy"][v["model"]][v["albedo"]]["mean"][0] - ref["mean"][0])
+
+
+def test_resume_trains_no_extra_step(smoke_run, device_checks):
+    """Same settings, finished checkpoint: train_model resumes at the last step and trains nothing (the latents
+    are dummies here: a step run on them, or a fingerprint mismatch restarting the run, would change the history)."""
+    cfg, root, m = smoke_run("cpu", device_checks)
+    before = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)
+    codecs = {name: SimpleNamespace(scale=m["scales"][name]) for name in normals.MODELS}
+    dummy = torch.zeros(1, 4, 8, 8, device="cpu")
+    latents = {name: {"cond": dummy, "target": dummy} for name in normals.MODELS}
+    factor = cfg.normals_size // m["scale"]["latent"][1]
+    _, hist, _ = normals.train_model(cfg, "AF-YOSO", latents, codecs, factor, "cpu", root)
+    after = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)
+    assert before["step"] == after["step"] == cfg.normals_steps
+    assert hist == before["history"] == after["history"] and len(hist) == cfg.normals_steps
+
+
+@pytest.mark.parametrize("key,value", [("normals_code", "rgbz"), ("normals_train_t", "late"),
+                                       ("normals_stop_grad", "both"), ("normals_light_azimuth", [180.0, 90.0]),
+                                       ("normals_channels", [8]), ("normals_p_zero", 1.5),
+                                       ("normals_test_scenes", 1), ("normals_ema_decay", 0.0)])
+def test_bad_config_names_the_key(smoke_params, key, value):
+    with pytest.raises(ConfigError, match=key):
+        normals.Config.from_params(smoke_params, **{key: value})

@@ -31,6 +31,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
+deterministic = True
 sr_dataset = "natural32"
 sr_image_size = 32
 sr_train_images = 2000

@@ -154,7 +154,7 @@ def verdict(delta: float | None, se: float, k: float = 2.0) -> str:
         return ""
     if not math.isfinite(delta) or not math.isfinite(se):
         return "not resolved"
-    return "not resolved" if abs(delta) < k * se else ("higher" if delta > 0 else "lower")
+    return "not resolved" if abs(delta) <= k * se else ("higher" if delta > 0 else "lower")
 
 
 def to01(x: torch.Tensor) -> np.ndarray:

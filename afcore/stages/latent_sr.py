@@ -474,7 +474,7 @@ def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     """The whole stage: inputs from ``out_dir/data``, ``out_dir/checkpoints``; writes the stage's outputs under
     ``out_dir``; returns the metrics dict."""
     seed_everything(cfg.seed)
-    dev = pick_device(device)
+    dev = pick_device(device, cfg.deterministic)
     cpu0 = time.process_time()
     data_ = load_data(cfg, dev, out_dir)
     models = load_models(cfg, dev, out_dir, data_["train"])

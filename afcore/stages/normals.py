@@ -524,7 +524,7 @@ def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     """The whole stage: inputs from ``out_dir/data`` and ``out_dir/checkpoints``; writes the stage's outputs under
     ``out_dir``; returns the metrics dict."""
     seed_everything(cfg.seed)
-    dev = pick_device(device)
+    dev = pick_device(device, cfg.deterministic)
     scenes_ = render_scenes(cfg, dev)
     loaded = load_codecs(cfg, dev, out_dir)
     codecs, factor = loaded["codecs"], loaded["factor"]

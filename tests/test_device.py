@@ -64,3 +64,31 @@ def test_a_generator_on_another_device_is_refused():
     x0 = torch.zeros(2, 1, 32, 32, device="meta")
     with pytest.raises(ValueError, match="generator"):
         ddpm.ddpm_loss(None, x0, ddpm.make_scheduler(), torch.Generator().manual_seed(0))
+
+
+def test_configure_backends_follows_base_deterministic():
+    """base.deterministic: true pins cuDNN (deterministic, no autotuning); the gpu profile's false lets it autotune."""
+    from afcore import device as D
+
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        D.configure_backends(torch.device("cpu"), deterministic=False)
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        D.configure_backends(torch.device("cpu"), deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert params.build("gpu")["base"]["deterministic"] is False
+        assert params.build("cpu")["base"]["deterministic"] is True
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+
+
+def test_resolving_a_device_changes_no_global_state():
+    from afcore import device as D
+
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.get_num_threads())
+    torch.backends.cudnn.benchmark = not before[0]
+    try:
+        assert D.resolve_device("cpu") == torch.device("cpu")
+        assert torch.backends.cudnn.benchmark == (not before[0])
+    finally:
+        torch.backends.cudnn.benchmark = before[0]

@@ -100,7 +100,7 @@ def train_loop(
     ``ckpt_every`` steps and at the end; with ``resume`` a run continues from there. ``stop_after`` ends the run
     early at that step (tests use it to simulate an interruption).
 
-    ``device``: 'cpu', 'cuda' or 'cuda:N' (resolve 'auto' with ``afcore.utils.pick_device`` first). ``amp``: the
+    ``device``: 'cpu', 'cuda' or 'cuda:N' (resolve 'auto' with ``afcore.device_mod.pick_device`` first). ``amp``: the
     forward pass and loss run under bf16 autocast (weights, optimizer and EMA stay fp32). ``compile``: the forward
     pass goes through ``torch.compile`` (the first steps pay the compilation; checkpoints hold the plain module's
     weights either way). ``workbook.bench_train`` measures both. ``log_every``: losses stay on the device and are
@@ -211,7 +211,7 @@ def batch_sampler(*tensors: torch.Tensor, batch_size: int, seed: int, device="cp
     """``get_batch(step)`` for ``train_loop``: a random batch (with replacement) from tensors moved to ``device``
     once; the indices come from a generator on ``device`` seeded by ``(seed, step)``, so a resumed run sees the same
     batches and nothing is drawn on the CPU and copied each step. Returns ``(*batch_tensors, batch_seed)``."""
-    from afcore.utils import make_generator
+    from afcore.device import make_generator
 
     device = torch.device(device)
     if not tensors or any(len(t) != len(tensors[0]) for t in tensors):

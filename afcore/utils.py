@@ -13,9 +13,6 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# device helpers have their own module; these names stay importable from here for older notebooks
-from afcore.device import DeviceGuard, DeviceGuardError, make_generator, pick_device  # noqa: E402,F401
-
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch, so CPU reruns with the same params give the same numbers (the cuDNN

@@ -31,7 +31,8 @@ import skimage.data
 import torch
 
 from afcore import course, signal
-from afcore.utils import pick_device, save_figure, save_json, seed_everything
+from afcore.utils import save_figure, save_json, seed_everything
+from afcore.device import pick_device
 
 seed_everything(seed)
 dev = pick_device(device, deterministic)  # the images and their filters live here; the 1-D sinusoids are numpy, plots on the CPU

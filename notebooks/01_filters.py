@@ -38,7 +38,8 @@ import skimage.transform
 import torch
 
 from afcore import course, signal
-from afcore.utils import pick_device, save_figure, save_json, seed_everything
+from afcore.utils import save_figure, save_json, seed_everything
+from afcore.device import pick_device
 
 seed_everything(seed)
 # the filtered signals and images live on this device; the filters' taps, analysed in numpy (responses, steps), stay

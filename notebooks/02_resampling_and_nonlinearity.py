@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from afcore import layers, signal
 from afcore.metrics import spsnr
-from afcore.utils import pick_device, save_figure, save_json, seed_everything
+from afcore.utils import save_figure, save_json, seed_everything
+from afcore.device import pick_device
 
 seed_everything(seed)
 dev = pick_device(device, deterministic)  # every image, signal and layer lives here; plots get CPU copies

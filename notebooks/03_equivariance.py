@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from afcore import layers, metrics as M, signal
-from afcore.utils import pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
+from afcore.utils import save_csv, save_figure, save_gif, save_json, seed_everything
+from afcore.device import pick_device
 
 seed_everything(seed)
 torch.set_grad_enabled(False)

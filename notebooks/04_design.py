@@ -38,7 +38,8 @@ from torch import nn
 
 from afcore import course, layers, signal
 from afcore.stages.common import sync
-from afcore.utils import pick_device, save_figure, save_json, seed_everything
+from afcore.utils import save_figure, save_json, seed_everything
+from afcore.device import pick_device
 
 seed_everything(seed)
 torch.set_grad_enabled(False)

@@ -41,7 +41,8 @@ from torch import nn
 
 from afcore import backend, cpu_kernel, fastops, filters, layers
 from workbook.bench import profile_ops
-from afcore.utils import pick_device, save_figure, save_json, seed_everything
+from afcore.utils import save_figure, save_json, seed_everything
+from afcore.device import pick_device
 
 seed_everything(seed)
 dev = pick_device(device, deterministic)

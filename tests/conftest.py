@@ -46,13 +46,14 @@ def stage_device(request):
 @pytest.fixture
 def device_checks():
     """A context manager factory: ``with device_checks(device): stage.run(...)`` fails the test when the stage's
-    own code creates a tensor without naming its device (utils.DeviceGuard) or would mix the run device and the
+    own code creates a tensor without naming its device (afcore.device.DeviceGuard) or would mix the run device and the
     host on a GPU (afcore.devcheck: on a CPU machine the run is a simulated accelerator)."""
-    from afcore import devcheck, utils
+    from afcore import devcheck
+    from afcore import device as device_mod
 
     @contextlib.contextmanager
     def checks(device):
-        with devcheck.DeviceCheck(), utils.DeviceGuard():
+        with devcheck.DeviceCheck(), device_mod.DeviceGuard():
             yield
 
     return checks

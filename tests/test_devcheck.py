@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from afcore import course, devcheck, ldm, utils
+from afcore import device as device_mod
 from afcore.devcheck import DeviceMixError
 
 HERE = (__file__,)
@@ -12,7 +13,7 @@ HERE = (__file__,)
 
 def test_the_rules_of_the_simulated_device():
     with devcheck.DeviceCheck(roots=HERE):
-        dev = utils.pick_device("cpu")
+        dev = device_mod.pick_device("cpu")
         assert dev == devcheck.SIMULATED
         x = torch.randn(3, 4, device=dev)
         assert x.device == dev  # so that device=x.device keeps things on the run device
@@ -29,7 +30,7 @@ def test_the_rules_of_the_simulated_device():
         assert x.cpu().numpy().shape == (3, 4) and x.device == dev  # a copy to the host leaves x where it was
         with pytest.raises(DeviceMixError, match="generator on the host"):
             torch.randint(0, 3, (2,), generator=torch.Generator().manual_seed(0), device=dev)
-        g = utils.make_generator(0, dev)
+        g = device_mod.make_generator(0, dev)
         assert torch.randint(0, 3, (2,), generator=g, device=dev).device == dev
         with pytest.raises(DeviceMixError):
             torch.nn.Linear(4, 2)(x)  # a model that was never moved
@@ -37,7 +38,7 @@ def test_the_rules_of_the_simulated_device():
 
 
 def test_outside_the_check_nothing_changes():
-    assert utils.pick_device("cpu") == torch.device("cpu")
+    assert device_mod.pick_device("cpu") == torch.device("cpu")
     x = torch.randn(2)
     assert x.device == torch.device("cpu") and torch.Generator is torch._C.Generator
 
@@ -47,14 +48,14 @@ def test_a_short_training_and_sampling_run_is_clean(tmp_path):
     from afcore.train import batch_sampler, train_loop
 
     with devcheck.DeviceCheck(roots=HERE):
-        dev = utils.pick_device("cpu")
+        dev = device_mod.pick_device("cpu")
         unet = ldm.latent_unet(channels=(8, 16), latent_channels=4, sample_size=8, groups=4).to(dev)
         sched = ldm.make_scheduler("ddim")
         z = torch.randn(6, 4, 8, 8, device=dev)
         get_batch = batch_sampler(z, batch_size=2, seed=0, device=dev)
 
         def loss_fn(m, batch, step):
-            return ldm.ldm_loss(m, batch[0], sched, utils.make_generator(batch[1], dev), eq_weight=1.0)
+            return ldm.ldm_loss(m, batch[0], sched, device_mod.make_generator(batch[1], dev), eq_weight=1.0)
 
         model, ema, history = train_loop(unet, loss_fn, get_batch, steps=2, lr=1e-3, ckpt_dir=tmp_path,
                                          ema_decay=0.9, device=dev, resume=False)
@@ -65,7 +66,7 @@ def test_a_short_training_and_sampling_run_is_clean(tmp_path):
 def test_a_host_generator_for_the_diffusion_loss_is_caught():
     """Notebook 41 passed a CPU generator to ldm_loss, whose draws are on the model's device: a GPU rejects it."""
     with devcheck.DeviceCheck(roots=HERE):
-        dev = utils.pick_device("cpu")
+        dev = device_mod.pick_device("cpu")
         unet = ldm.latent_unet(channels=(8, 16), latent_channels=4, sample_size=8, groups=4).to(dev)
         z = torch.randn(2, 4, 8, 8, device=dev)
         with pytest.raises((DeviceMixError, ValueError), match="generator"):
@@ -75,6 +76,6 @@ def test_a_host_generator_for_the_diffusion_loss_is_caught():
 def test_the_rotation_metric_builds_its_mask_on_the_input_device():
     """course.rotation_psnr (notebook 04) made its circular mask on the CPU: on a GPU, x * mask fails."""
     with devcheck.DeviceCheck(roots=HERE):
-        dev = utils.pick_device("cpu")
+        dev = device_mod.pick_device("cpu")
         x = torch.randn(1, 1, 16, 16, device=dev)
         assert course.rotation_psnr(lambda t: t, x, 30.0) > 100.0

@@ -188,22 +188,22 @@ def test_ldm_training_resumes_exactly(tmp_path):
 def test_ldm_hot_paths_name_their_device():
     """Loss, sampling and shift consistency create every tensor on a named device (a forgotten device= in
     afcore/ldm.py, vae.py, vae_gan.py or attention.py fails here; on a GPU it would be a CPU tensor in the loop)."""
-    from afcore import utils, vae as V, vae_gan as G
+    from afcore import device as device_mod, utils, vae as V, vae_gan as G
 
     ours = tuple(str(utils.REPO_ROOT / "afcore" / m) for m in ("ldm.py", "vae.py", "vae_gan.py", "attention.py"))
     dev = torch.device("cpu")
     unet = tiny_latent_unet()
-    z0 = torch.randn(2, 4, 8, 8, generator=utils.make_generator(0, dev), device=dev)
+    z0 = torch.randn(2, 4, 8, 8, generator=device_mod.make_generator(0, dev), device=dev)
     vae = G.VAEWithDiscriminator(V.small_vae((8, 16), groups=4), G.PatchDiscriminator((8, 16), alias_free=True))
-    x = torch.rand(2, 3, 16, 16, generator=utils.make_generator(1, dev), device=dev) * 2 - 1
-    with utils.DeviceGuard(roots=ours):
+    x = torch.rand(2, 3, 16, 16, generator=device_mod.make_generator(1, dev), device=dev) * 2 - 1
+    with device_mod.DeviceGuard(roots=ours):
         for side in ldm.STOP_GRADS:
-            loss, _ = ldm.ldm_loss(unet, z0, ldm.make_scheduler("ddpm"), utils.make_generator(2, dev),
+            loss, _ = ldm.ldm_loss(unet, z0, ldm.make_scheduler("ddpm"), device_mod.make_generator(2, dev),
                                    eq_weight=1.0, stop_grad=side)
             loss.backward()
         with torch.no_grad():
             ldm.shift_consistency(unet.eval(), z0, [(0.0, 0.5)], steps=2, cfa=True, decode=lambda z: z, factor=1)
-        loss, _ = G.vae_gan_loss(vae, x, utils.make_generator(3, dev), eq_weight=1.0, perceptual_weight=1.0,
+        loss, _ = G.vae_gan_loss(vae, x, device_mod.make_generator(3, dev), eq_weight=1.0, perceptual_weight=1.0,
                                  perceptual=G.PerceptualFeatures(), gan_weight=0.5)
         loss.backward()
         with torch.no_grad():

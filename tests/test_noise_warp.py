@@ -228,7 +228,7 @@ def test_rff_noise_cpu_draws_unchanged_and_match_the_formula():
 @pytest.mark.parametrize("device", DEVICES)
 def test_rff_noise_follows_its_generator_and_device(device):
     from afcore import video as V
-    from afcore.utils import make_generator
+    from afcore.device import make_generator
 
     dev = torch.device(device)
     on_dev = NW.RFFNoise(2, 3, features=50, generator=make_generator(3, device))

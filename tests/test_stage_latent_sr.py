@@ -13,7 +13,7 @@ import torch
 from afcore import data, i2sb
 from afcore.stages import latent_sr
 from afcore.stages.common import ConfigError
-from afcore.utils import make_generator
+from afcore.device import make_generator
 from conftest import UPSTREAM
 
 

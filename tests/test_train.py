@@ -64,7 +64,7 @@ def test_seeded_ddpm_runs_repeat_exactly_and_amp_runs_in_bf16(tmp_path):
     weights; an amp run computes its forward pass in bf16 (so it must differ a little) and still learns."""
     from afcore import config_unet, ddpm
     from afcore.train import batch_sampler
-    from afcore.utils import make_generator
+    from afcore.device import make_generator
 
     images = torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(0), device="cpu") * 2 - 1
     scheduler = ddpm.make_scheduler()

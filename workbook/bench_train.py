@@ -20,7 +20,8 @@ import torch
 
 from afcore import config_unet, ddpm
 from afcore.train import batch_sampler, train_loop
-from afcore.utils import REPO_ROOT, make_generator, pick_device, save_json
+from afcore.utils import REPO_ROOT, save_json
+from afcore.device import make_generator, pick_device
 
 
 def measure(config: str, variant: str, device: torch.device, base: int, levels: int, batch: int,

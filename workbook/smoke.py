@@ -5,7 +5,7 @@
 
 The copy gets its own params.yaml (``python -m workbook.params use smoke`` with ``base.device`` overridden), an empty
 ``dvc.lock`` so every stage really runs, offline hub settings, and ``AFCORE_DEVICE_GUARD=1`` so that a tensor factory
-called without ``device=`` in the workbook's own code fails the run (``afcore.utils.DeviceGuard``). A CUDA run that
+called without ``device=`` in the workbook's own code fails the run (``afcore.device_mod.DeviceGuard``). A CUDA run that
 finds no GPU stops at once with the reason, instead of quietly running on the CPU.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from afcore.utils import REPO_ROOT, pick_device
+from afcore.utils import REPO_ROOT
+from afcore.device import pick_device
 
 
 def run_checked(cmd, cwd, env, timeout=3000):

@@ -11,7 +11,7 @@ Steps, in ``run``'s order: ``load_data`` -> ``load_models`` -> ``finetune_all`` 
 
 The positive control's pass mark depends on the arithmetic actually in use (``matmul_precision``,
 ``control_threshold_db``): float32 puts an exactly equivariant model near 150 dB, out of reach of TF32 matmuls
-(CUDA's default here, see ``afcore.utils.pick_device``).
+(CUDA's default here, see ``afcore.device_mod.pick_device``).
 """
 from __future__ import annotations
 

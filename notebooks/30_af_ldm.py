@@ -280,7 +280,7 @@ summary["goal_check"]
 # %% [markdown]
 # ## Reading the results
 #
-# The cell below states, for every comparison above, whether this run resolves it (|difference| at least twice its
+# The cell below states, for every comparison above, whether this run resolves it (|difference| more than twice its
 # standard error) and in which direction; the README quotes the committed cpu run's numbers from
 # `metrics/30_af_ldm.json`. The goal check compares AF-LDM with the paper's baseline, the LDM in the vanilla VAE's
 # latents sampled with CFA (goal: image SPSNR +5 dB, FID at most 1.3 times). Things to keep in mind at this scale:

@@ -23,40 +23,75 @@ F frames is [uncond x F, cond x F] (the layout ``torch.cat([latents] * 2)`` give
 the reference of its own half, never the other half's (the pitfall of processors that assume
 "frame 0 of the batch" is the reference).  R = B matches index by index; R = 1 is broadcast.
 The original processors are restored on exit.
+
+Kernels: ``impl="sdpa"`` (default) runs every pass through ``torch.nn.functional.scaled_dot_product_attention``
+(flash / memory-efficient kernels on a GPU): the plain passes (record, off, text cross-attention) through diffusers'
+``AttnProcessor2_0``, the anchored pass through the same call with keys/values from the reference. ``impl="ref"``
+writes self-attention out, softmax(q k^T * scale) v in the inputs' precision (text cross-attention and masked calls
+go to diffusers' legacy ``AttnProcessor``, whose softmax runs in float32): the reference the tests compare the fast
+path with (they agree to float round-off). ``use_sdpa(model)`` puts ``AttnProcessor2_0`` on every attention layer of
+a model that still holds the legacy processor.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
-__all__ = ["EquivariantAttention", "CrossFrameAttnProcessor"]
+__all__ = ["EquivariantAttention", "CrossFrameAttnProcessor", "use_sdpa", "IMPLS"]
+
+IMPLS = ("sdpa", "ref")
+
+
+def _check_impl(impl):
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {list(IMPLS)}, got {impl!r}")
+
+
+def use_sdpa(model) -> int:
+    """Give every attention layer of ``model`` that holds diffusers' legacy ``AttnProcessor`` the SDPA processor
+    ``AttnProcessor2_0`` (same maths, fused kernels); returns how many layers changed."""
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, Attention) and type(m.processor) is AttnProcessor:
+            m.set_processor(AttnProcessor2_0())
+            changed += 1
+    return changed
 
 
 class CrossFrameAttnProcessor:
-    """Attention processor sharing a state dict with :class:`EquivariantAttention`."""
+    """Attention processor sharing a state dict with :class:`EquivariantAttention`; ``impl``: "sdpa" (fused
+    kernels) or "ref" (written out), see the module doc."""
 
-    def __init__(self, name: str, state: dict):
+    def __init__(self, name: str, state: dict, impl: str = "sdpa"):
+        _check_impl(impl)
         self.name = name
         self.state = state
-        self.plain = AttnProcessor()
+        self.impl = impl
+        self.plain = AttnProcessor2_0() if impl == "sdpa" else AttnProcessor()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):
         mode = self.state["mode"]
         if encoder_hidden_states is not None or mode == "off":
-            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return self._plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         counter = self.state["counter"]
         idx = counter.get(self.name, 0)
         counter[self.name] = idx + 1
         key = (self.name, idx)
         if mode == "record":
             self.state["cache"][key] = hidden_states.detach() if self.state["detach"] else hidden_states
-            return self.plain(attn, hidden_states, None, attention_mask, temb)
+            return self._plain(attn, hidden_states, None, attention_mask, temb)
         if key not in self.state["cache"]:
             raise ValueError(f"no reference stored for layer {self.name!r} call {idx}; run a record() pass first")
         ref = self.state["cache"][key]
-        return _cross_frame(attn, hidden_states, ref, temb)
+        return _cross_frame(attn, hidden_states, ref, temb, self.impl)
+
+    def _plain(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+        """Ordinary attention: AttnProcessor2_0 ("sdpa"); self-attention written out ("ref")."""
+        if self.impl == "ref" and encoder_hidden_states is None and attention_mask is None:
+            return _cross_frame(attn, hidden_states, hidden_states, temb, "ref")
+        return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 def _flatten(attn, h, temb):
@@ -71,7 +106,7 @@ def _flatten(attn, h, temb):
     return h, shape
 
 
-def _cross_frame(attn, hidden_states, ref, temb):
+def _cross_frame(attn, hidden_states, ref, temb, impl="sdpa"):
     residual = hidden_states
     h, shape = _flatten(attn, hidden_states, temb)
     r, _ = _flatten(attn, ref, temb)
@@ -86,7 +121,14 @@ def _cross_frame(attn, hidden_states, ref, temb):
     heads = attn.heads
     d = q.shape[-1] // heads
     q, k, v = (x.view(b, -1, heads, d).transpose(1, 2) for x in (q, k, v))
-    o = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    if attn.norm_q is not None:  # q/k normalisation of some models, as AttnProcessor2_0 applies it
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    if impl == "sdpa":
+        o = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    else:  # written out: the reference the fused kernel is tested against
+        o = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1) @ v
     o = o.transpose(1, 2).reshape(b, -1, heads * d).to(q.dtype)
     o = attn.to_out[0](o)
     o = attn.to_out[1](o)
@@ -101,11 +143,13 @@ class EquivariantAttention:
     """Context manager installing :class:`CrossFrameAttnProcessor` on every attention layer.
 
     ``detach=True`` stores the reference without gradient (stop-gradient option of the
-    equivariance loss in :mod:`afcore.ldm`).
+    equivariance loss in :mod:`afcore.ldm`). ``impl``: "sdpa" (default, fused kernels) or "ref" (written out).
     """
 
-    def __init__(self, unet, detach: bool = False):
+    def __init__(self, unet, detach: bool = False, impl: str = "sdpa"):
+        _check_impl(impl)
         self.unet = unet
+        self.impl = impl
         self.state = {"mode": "off", "counter": {}, "cache": {}, "detach": detach}
         self._saved = None
 
@@ -117,7 +161,7 @@ class EquivariantAttention:
         layers = self._layers()
         self._saved = {n: m.processor for n, m in layers.items()}
         for n, m in layers.items():
-            m.set_processor(CrossFrameAttnProcessor(n, self.state))
+            m.set_processor(CrossFrameAttnProcessor(n, self.state, self.impl))
         return self
 
     def __exit__(self, *exc):

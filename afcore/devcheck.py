@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_flatten
 SIMULATED = torch.device("cpu", 0)
 _OURS = str(Path(__file__).resolve().parent)
 _SELF = str(Path(__file__).resolve())
+_GUARD = str(Path(__file__).resolve().parent / "device.py")  # afcore.device.DeviceGuard only passes calls on
 _TAG = "_afcore_on_device"
 _INDEXING = {"__getitem__", "__setitem__", "index_select", "gather", "index_put_", "index_put", "take"}
 _METADATA = {"_has_compatible_shallow_copy_type", "is_same_size", "dim", "size", "numel", "element_size",
@@ -51,7 +52,7 @@ def _caller_is_ours() -> bool:
     frame = sys._getframe(2)
     while frame is not None:
         name = frame.f_code.co_filename
-        if name == _SELF or "/torch/" in name:
+        if name == _SELF or "/torch/" in name or (name == _GUARD and frame.f_code.co_name == "__torch_function__"):
             frame = frame.f_back
             continue
         roots = _active[-1].roots if _active else (_OURS,)

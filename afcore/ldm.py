@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from afcore import metrics
-from afcore.attention import EquivariantAttention
+from afcore.attention import EquivariantAttention, use_sdpa
 from afcore.signal import fourier_shift, valid_mask
 
 __all__ = ["sample_latent_shift", "equivariance_loss", "latent_unet", "make_scheduler", "encode_latents",
@@ -96,11 +96,13 @@ def latent_unet(channels=(32, 64), latent_channels: int = 4, sample_size: int = 
     n = len(channels)
     if n < 2:
         raise ValueError(f"ldm_channels needs at least 2 levels, got {list(channels)}")
-    return UNet2DModel(sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+    unet = UNet2DModel(sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
                        block_out_channels=tuple(channels), layers_per_block=layers_per_block,
                        down_block_types=("DownBlock2D",) + ("AttnDownBlock2D",) * (n - 1),
                        up_block_types=("AttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
                        norm_num_groups=groups, attention_head_dim=min(head_dim, min(channels[1:])))
+    use_sdpa(unet)  # diffusers' SDPA processor on every attention layer (its default where torch has SDPA)
+    return unet
 
 
 def make_scheduler(kind: str = "ddim", num_train_timesteps: int = 1000, schedule: str = "af-ldm"):
@@ -131,25 +133,43 @@ def encode_latents(vae, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
     return torch.cat([vae.encode(images[i:i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None or b.index is None):  # "cuda" is the current CUDA device
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index or a.index is None or b.index is None
+
+
 def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float = 0.0, cfa: bool = True,
              stop_grad: str = "none", max_frac: float = 0.375):
     """Epsilon MSE + eq_weight * U-Net equivariance loss; returns (loss, logs).
 
-    ``generator`` lives on z0's device and draws the timesteps, the noise and the shift, in that order. The
-    unshifted pass is shared by both terms (it is the CFA reference when ``cfa``); one shift per batch.
+    ``generator`` must live on z0's device (the model's): it draws the timesteps, the noise and the shift, in that
+    order, where they are used (a generator on another device raises ValueError). The unshifted pass is shared by
+    both terms (it is the CFA reference when ``cfa``); one shift per batch. ``logs`` holds detached 0-d tensors
+    (``train_loop`` reads them back in batches: no device synchronisation per step).
     """
     _check_stop_grad(stop_grad)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"ldm_loss: generator must be a torch.Generator on the batch's device, got {generator!r}")
+    if not _same_device(generator.device, z0.device):
+        raise ValueError(f"ldm_loss: generator is on {generator.device} but the batch z0 (and the model) is on "
+                         f"{z0.device}: the timesteps, noise and shift are drawn where they are used, so build the "
+                         f"generator there, e.g. afcore.utils.make_generator(seed, z0.device)")
     t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator, device=z0.device)
     noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
     x_t = scheduler.add_noise(z0, noise, t)
     if eq_weight <= 0:
         diffusion = F.mse_loss(unet(x_t, t).sample, noise)
-        return diffusion, {"diffusion": diffusion.item()}
+        return diffusion, {"diffusion": diffusion.detach()}
     d = sample_latent_shift(z0.shape[-2:], generator, max_frac=max_frac)
     pred, shifted = _paired_passes(unet, x_t, t, d, cfa, stop_grad)
     diffusion = F.mse_loss(pred, noise)
     equiv, _ = _masked_shift_error(shifted, pred, d, stop_grad)
-    return diffusion + eq_weight * equiv, {"diffusion": diffusion.item(), "equivariance": equiv.item()}
+    return diffusion + eq_weight * equiv, {"diffusion": diffusion.detach(), "equivariance": equiv.detach()}
 
 
 @torch.no_grad()

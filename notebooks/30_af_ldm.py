@@ -64,70 +64,26 @@ ldm_sweep_latents = 8
 ldm_sweep_eighths = 16
 ldm_timing_batch = 16
 
+# %% [markdown]
+# The stage's steps live in `afcore.stages.af_ldm` (`run` calls them all, in the order of this notebook, and is
+# what the tests run); the notebook calls them one by one, shows their results and draws the figures.
+
 # %%
-import copy
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
-from diffusers import AutoencoderKL, UNet2DModel
 from IPython.display import Markdown, display
 
-from afcore import data, evaluation, ldm, metrics, signal, vae as V
-from afcore.attention import EquivariantAttention
-from afcore.metrics import mean_sem
-from afcore.surgery import load_alias_free, make_alias_free, save_alias_free
-from afcore.train import prepare_run_dir, train_loop
-from afcore.utils import make_generator, pick_device, save_csv, save_figure, save_gif, save_json, seed_everything
+from afcore.stages import af_ldm
 
-seed_everything(seed)
-dev = pick_device(device, deterministic)  # models, latents, noise, sampling and metrics all live here
-if ldm_spsnr_latents % ldm_spsnr_groups:
-    raise ValueError(f"ldm_spsnr_latents ({ldm_spsnr_latents}) must be a multiple of ldm_spsnr_groups "
-                     f"({ldm_spsnr_groups})")
-if ldm_dataset in ("natural32", "mnist_m"):  # data-stage sets, with the classifier stage's FID features
-    if ldm_image_size != 32:
-        raise ValueError(f"ldm_image_size must be 32 for ldm_dataset={ldm_dataset!r} (the data stage's size), got "
-                         f"{ldm_image_size}; use ldm_dataset='natural' for photo crops of another size")
-    prepared = data.load_prepared(ldm_dataset)
-    classifier = evaluation.load_classifier(f"checkpoints/classifier/{ldm_dataset}.pt")
-elif ldm_dataset in ("natural", "lfw") or ldm_dataset.startswith("hub:"):  # photo crops, faces, FFHQ & co.
-    if ldm_dataset == "natural":  # 5,000 crops, a seed the VAE stage did not use
-        images = data.random_crops(5000, ldm_image_size, seed=seed + 3)
-    elif ldm_dataset == "lfw":
-        images = data.lfw_faces(ldm_image_size)
-    else:
-        images = data.hub_images(ldm_dataset[4:], ldm_image_size)
-    prepared = data.split(images, None, test_fraction=0.2, seed=seed)
-    classifier = evaluation.random_features(3, seed=seed, calibrate=prepared["train"])
-else:
-    raise ValueError(f"ldm_dataset must be 'natural32', 'mnist_m', 'natural', 'lfw' or 'hub:<datasets name or "
-                     f"folder>', got {ldm_dataset!r}")
-vaes = {k: load_alias_free(AutoencoderKL, f"checkpoints/vae/{k}").to(dev).eval() for k in ("vanilla", "af_vae")}
-f = V.factor(vaes["vanilla"])
-train_images, test_images = prepared["train"].to(dev), prepared["test"].to(dev)
-latents, scales = {}, {}
-for k, vae in vaes.items():
-    z = ldm.encode_latents(vae, train_images)
-    scales[k] = float(1 / z.std())  # unit-variance latents, the role of SD's 0.18215
-    latents[k] = z * scales[k]
-latent_shape = tuple(latents["vanilla"].shape[1:])
-
-
-def sync():
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-@torch.no_grad()
-def decoder(vae_key):
-    vae, s = vaes[vae_key], scales[vae_key]
-    return lambda z: torch.cat([vae.decode(z[i:i + 200] / s).sample for i in range(0, len(z), 200)]).clamp(-1, 1)
-
-
-print(f"{len(train_images)} training images -> latents {latent_shape}, factor {f}, scales {scales}, device {dev}")
+ROOT = Path(".")  # the repository root: data/ and checkpoints/ are read, metrics/ and figures/ written here
+cfg = af_ldm.Config.from_mapping(globals())  # range checks: a bad value stops here, naming its key
+dev = af_ldm.setup(cfg, cfg.device)  # seeds everything; models, latents, noise, sampling and metrics live on dev
+inputs = af_ldm.load_inputs(cfg, dev, ROOT)  # images, FID features, both VAEs, training latents (unit variance)
+figures = {}  # file name under figures/30_af_ldm -> figure, written with the metrics at the end
+print(f"{len(inputs.train_images)} training images -> latents {inputs.latent_shape}, factor {inputs.factor}, "
+      f"scales {inputs.scales}, device {dev}")
 
 # %% [markdown]
 # ## The rows of Table 3
@@ -139,88 +95,18 @@ print(f"{len(train_images)} training images -> latents {latent_shape}, factor {f
 # "+ CFA in inference" reuses the model of the row above it; every later row samples with CFA, as in the paper.
 
 # %%
-MODELS = {  # key: (VAE, ideal sampling, filtered nonlinearity, equivariance loss, CFA in the loss, continues from)
-    "ldm_vanilla_vae": ("vanilla", False, False, False, False, None),
-    "ldm_af_vae": ("af_vae", False, False, False, False, None),
-    "ideal_sampling": ("af_vae", True, False, False, False, None),
-    "filtered_nonlinearity": ("af_vae", True, True, False, False, None),
-    "eq_loss_no_cfa": ("af_vae", True, True, True, False, "filtered_nonlinearity"),
-    "af_ldm": ("af_vae", True, True, True, True, "filtered_nonlinearity"),
-    "plain_unet_eq_loss": ("af_vae", False, False, True, True, "ldm_af_vae"),
-}
-ROWS = [  # (stable key, Table 3 row, model, CFA at inference, paper's (FID, latent SPSNR, image SPSNR))
-    ("vanilla_vae", "LDM w/ vanilla VAE", "ldm_vanilla_vae", False, (14.91, 27.47, 12.38)),
-    ("vanilla_vae_cfa", "+ CFA in inference", "ldm_vanilla_vae", True, (14.91, 38.22, 21.69)),
-    ("af_vae", "LDM w/ AF-VAE", "ldm_af_vae", False, (15.27, 22.87, 12.18)),
-    ("af_vae_cfa", "+ CFA in inference", "ldm_af_vae", True, (15.27, 23.58, 13.09)),
-    ("ideal_sampling", "+ ideal sampling", "ideal_sampling", True, (17.03, 24.44, 14.03)),
-    ("filtered_nonlinearity", "+ filtered nonlinearity", "filtered_nonlinearity", True, (14.28, 24.53, 14.15)),
-    ("eq_loss_no_cfa", "+ equivariance loss w/o CFA", "eq_loss_no_cfa", True, (16.90, 28.57, 17.65)),
-    ("af_ldm", "+ CFA in equivariance loss (AF-LDM)", "af_ldm", True, (19.05, 40.94, 28.06)),
-    ("plain_unet_eq_loss", "LDM w/ AF-VAE + equivariance loss", "plain_unet_eq_loss", True, (39.14, 37.63, 25.99)),
-    ("af_ldm_random", "AF-LDM random weights", "random", True, (None, 39.84, 29.68)),
-]
-CKPT = Path("checkpoints/ldm")
-
-
-def build(resample, nonlin):
-    seed_everything(seed)
-    unet = ldm.latent_unet(tuple(ldm_channels), latent_channels=latent_shape[0], sample_size=latent_shape[-1],
-                           layers_per_block=ldm_layers_per_block)
-    if resample or nonlin:
-        make_alias_free(unet, resample=resample, nonlinearity=nonlin)
-    return unet.to(dev)
-
-
-def train_model(key):
-    vae_key, resample, nonlin, eq, cfa_loss, start = MODELS[key]
-    steps = ldm_finetune_steps if start else ldm_train_steps
-    fingerprint = dict(model=MODELS[key], channels=ldm_channels, steps=steps, start_steps=ldm_train_steps,
-                       batch=ldm_batch, lr=ldm_lr, ema=ldm_ema_decay, eq_weight=ldm_eq_weight,
-                       stop_grad=ldm_stop_grad, schedule=ldm_schedule, layers=ldm_layers_per_block, seed=seed,
-                       vae_scale=scales[vae_key], dataset=ldm_dataset, image_size=ldm_image_size, loss_version=2)
-    run_dir = prepare_run_dir(CKPT / key, fingerprint)
-    unet = build(resample, nonlin)
-    if start:
-        unet.load_state_dict(trained[start].state_dict())
-    z0 = latents[vae_key]
-    scheduler = ldm.make_scheduler("ddpm", schedule=ldm_schedule)
-
-    def get_batch(step):
-        # indices drawn on the device from a seeded generator: a function of the step alone (exact resume)
-        g = make_generator(seed * 100003 + step, dev)
-        return z0[torch.randint(0, len(z0), (ldm_batch,), generator=g, device=dev)], seed * 100003 + step
-
-    def loss_fn(m, batch, step):
-        z, batch_seed = batch  # timesteps, noise and the shift from a generator on the latents' device
-        return ldm.ldm_loss(m, z, scheduler, make_generator(int(batch_seed) + 1, z.device),
-                            eq_weight=ldm_eq_weight if eq else 0.0, cfa=cfa_loss, stop_grad=ldm_stop_grad)
-
-    unet, ema, history = train_loop(unet, loss_fn, get_batch, steps=steps, lr=ldm_lr, ckpt_dir=run_dir,
-                                    ckpt_every=ldm_ckpt_every, ema_decay=ldm_ema_decay, device=str(dev),
-                                    desc=key, log_csv=run_dir / "loss.csv")
-    seconds = sum(h["seconds"] for h in history)  # per-step rows survive a resume, a wall clock would not
-    model = (ema or unet).to(dev).eval()
-    save_alias_free(copy.deepcopy(model).cpu(), run_dir / "unet")  # loadable on any machine
-    return model, history, seconds
-
-
-trained, histories, train_seconds = {}, {}, {}
-for key in MODELS:
-    trained[key], histories[key], train_seconds[key] = train_model(key)
-trained["random"] = build(True, True).eval()
-MODEL_VAE = {k: v[0] for k, v in MODELS.items()} | {"random": "af_vae"}
+for key, (vae_key, resample, nonlin, eq, cfa_loss, start) in af_ldm.MODELS.items():
+    print(f"{key:22s} VAE {vae_key:8s} ideal sampling {resample!s:5s} filtered nonlinearity {nonlin!s:5s} "
+          f"eq. loss {eq!s:5s} CFA in loss {cfa_loss!s:5s}" + (f" continues {start}" if start else ""))
+models = af_ldm.train_rows(cfg, inputs, ROOT)  # resumes checkpoints/ldm/<model> when its settings match
+trained = models["trained"]
 
 # %%
+curves = af_ldm.loss_curves(cfg, models["histories"])
 fig, ax = plt.subplots(figsize=(8, 3.6))
-curves = []
-for key, hist in histories.items():
-    offset = ldm_train_steps if MODELS[key][5] else 0
-    for h in hist:
-        curves.append({"model": key, "step": offset + h["step"], "diffusion": h.get("diffusion", h["loss"]),
-                       "equivariance": h.get("equivariance", float("nan"))})
+for key in models["histories"]:
     pts = [c for c in curves if c["model"] == key]
-    loss = torch.tensor([p["diffusion"] for p in pts])
+    loss = torch.tensor([p["diffusion"] for p in pts], device="cpu")
     k = max(1, len(loss) // 20)
     smooth = torch.nn.functional.avg_pool1d(loss[None, None], k, 1)[0, 0] if len(loss) > k else loss
     ax.plot([p["step"] for p in pts][:len(smooth)], smooth, label=key)
@@ -228,9 +114,8 @@ ax.set_yscale("log")
 ax.set_xlabel("step")
 ax.set_title("diffusion (epsilon) loss, moving average")
 ax.legend(fontsize=7)
-save_figure(fig, "figures/30_af_ldm/loss.png")
+figures["loss.png"] = fig
 plt.show()
-save_csv(curves, "metrics/30_af_ldm_loss.csv")
 
 # %% [markdown]
 # ## Samples and FID
@@ -246,41 +131,21 @@ save_csv(curves, "metrics/30_af_ldm_loss.csv")
 # the paper).
 
 # %%
-torch.set_grad_enabled(False)
-fid_noise = torch.randn((ldm_fid_samples,) + latent_shape, generator=make_generator(seed + 11, dev), device=dev)
-n_boot = 50
-real_feats = evaluation.extract(classifier, test_images, dev)
-boot_gen = make_generator(seed + 13, "cpu")  # host-side bookkeeping: features live on the CPU in float64
-boot = [(torch.randint(0, len(test_images), (len(test_images),), generator=boot_gen, device="cpu"),
-         torch.randint(0, ldm_fid_samples, (ldm_fid_samples,), generator=boot_gen, device="cpu"))
-        for _ in range(n_boot)]
-fid, fid_boot, samples = {}, {}, {}
-for key in MODELS:
-    z = torch.cat([ldm.sample(trained[key], fid_noise[i:i + 200], ldm_sample_steps, schedule=ldm_schedule)
-                   for i in range(0, ldm_fid_samples, 200)])
-    samples[key] = decoder(MODEL_VAE[key])(z)
-    fid[key] = evaluation.quality_metrics(test_images, samples[key], classifier, tag=ldm_dataset, device=dev)
-    fake_feats = evaluation.extract(classifier, samples[key], dev)
-    fid_boot[key] = torch.tensor([evaluation.frechet_distance(real_feats[i], fake_feats[j]) for i, j in boot],
-                                 dtype=torch.float64, device="cpu")
-fid_name = next(k for k in fid[key] if k.startswith("FID["))
-reconstruction_fid = {}
-for k in vaes:
-    recon = decoder(k)(ldm.encode_latents(vaes[k], test_images) * scales[k])
-    reconstruction_fid[k] = evaluation.quality_metrics(test_images, recon, classifier, tag=ldm_dataset,
-                                                       device=dev)[fid_name]
-print({k: f"{v[fid_name]:.2f} ± {float(fid_boot[k].std()):.2f}" for k, v in fid.items()},
-      "VAE reconstruction FID:", reconstruction_fid)
+quality = af_ldm.fid_eval(cfg, inputs, trained)
+fid_name = quality["fid_name"]
+print({k: f"{v[fid_name]:.2f} ± {float(quality['fid_boot'][k].std()):.2f}" for k, v in quality["fid"].items()},
+      "VAE reconstruction FID:", quality["reconstruction_fid"])
 
-fig, axes = plt.subplots(1, len(MODELS), figsize=(2.4 * len(MODELS), 2.8))
-side = int(min(16, ldm_fid_samples) ** 0.5)
-for ax, key in zip(axes, MODELS):
-    h, w = samples[key].shape[-2:]
-    grid = samples[key][:side * side].reshape(side, side, 3, h, w).permute(0, 3, 1, 4, 2)
+fig, axes = plt.subplots(1, len(af_ldm.MODELS), figsize=(2.4 * len(af_ldm.MODELS), 2.8))
+side = int(min(16, cfg.ldm_fid_samples) ** 0.5)
+for ax, key in zip(axes, af_ldm.MODELS):
+    samples = quality["samples"][key]
+    h, w = samples.shape[-2:]
+    grid = samples[:side * side].reshape(side, side, 3, h, w).permute(0, 3, 1, 4, 2)
     ax.imshow(((grid.reshape(side * h, side * w, 3) + 1) / 2).cpu().numpy())
     ax.set_title(key, fontsize=7)
     ax.axis("off")
-save_figure(fig, "figures/30_af_ldm/samples.png")
+figures["samples.png"] = fig
 plt.show()
 
 # %% [markdown]
@@ -293,87 +158,36 @@ plt.show()
 # paired differences between rows the shared shift enters both sides).
 
 # %%
-shift_gen = make_generator(seed + 23, "cpu")  # the shifts are plain numbers: drawn on the host
-groups = []
-for _ in range(ldm_spsnr_groups):
-    d = (0.0, 0.0)
-    while d == (0.0, 0.0):
-        d = ldm.sample_latent_shift(latent_shape[-2:], shift_gen)
-    groups.append(d)
-spsnr_noise = torch.randn((ldm_spsnr_latents,) + latent_shape, generator=make_generator(seed + 29, dev), device=dev)
-per_group = ldm_spsnr_latents // ldm_spsnr_groups
-
-consistency = {}
-for row_key, name, key, cfa, _ in ROWS:
-    latent_db, image_db, step_db = [], [], []
-    for g, d in enumerate(groups):
-        r = ldm.shift_consistency(trained[key], spsnr_noise[g * per_group:(g + 1) * per_group], [d],
-                                  steps=ldm_sample_steps, cfa=cfa, decode=decoder(MODEL_VAE[key]), factor=f,
-                                  schedule=ldm_schedule)
-        latent_db.append(r["latent"][0])
-        image_db.append(r["image"][0])
-        step_db.append(r["per_step"][0])
-    consistency[row_key] = {"latent": torch.cat(latent_db).cpu(), "image": torch.cat(image_db).cpu(),
-                            "per_step": torch.cat(step_db, dim=1).cpu()}
-
-rows = []
-for row_key, name, key, cfa, paper in ROWS:
-    c = consistency[row_key]
-    row = {"key": row_key, "row": name, "model": key, "cfa_inference": cfa,
-           fid_name: None if key == "random" else fid[key][fid_name],
-           "fid_boot_se": None if key == "random" else float(fid_boot[key].std())}
-    for m in ("latent", "image"):
-        row[f"{m}_spsnr_db"], row[f"{m}_spsnr_se_db"] = mean_sem(c[m])
-    row.update(paper_FID=paper[0], paper_latent_spsnr=paper[1], paper_image_spsnr=paper[2])
-    rows.append(row)
-by_row = {r["key"]: r for r in rows}
-
-
-def compare(a, b):
-    """Row a minus row b: paired over the same initial latents and shifts (FID: over the same bootstrap resamples)."""
-    out = {"row": by_row[a]["row"], "row_key": a, "baseline": by_row[b]["row"], "baseline_key": b}
-    for m in ("latent", "image"):
-        out[f"{m}_spsnr_delta_db"], out[f"{m}_spsnr_delta_se_db"] = mean_sem(consistency[a][m] - consistency[b][m])
-    ka, kb = by_row[a]["model"], by_row[b]["model"]
-    if "random" not in (ka, kb):
-        out["fid_delta"] = fid[ka][fid_name] - fid[kb][fid_name]
-        out["fid_delta_boot_se"] = float((fid_boot[ka] - fid_boot[kb]).std())
-        out["fid_ratio"] = fid[ka][fid_name] / fid[kb][fid_name]
-        out["fid_ratio_boot_se"] = float((fid_boot[ka] / fid_boot[kb]).std())
-    return out
-
-
-COMPARISONS = [("vanilla_vae_cfa", "vanilla_vae"), ("af_vae", "vanilla_vae"), ("af_vae_cfa", "af_vae"),
-               ("ideal_sampling", "af_vae_cfa"), ("filtered_nonlinearity", "ideal_sampling"),
-               ("eq_loss_no_cfa", "filtered_nonlinearity"), ("af_ldm", "eq_loss_no_cfa"),
-               ("af_ldm", "vanilla_vae_cfa"), ("af_ldm", "af_vae_cfa"), ("plain_unet_eq_loss", "af_ldm"),
-               ("af_ldm_random", "af_ldm")]
-comparisons = {f"{a}_minus_{b}": compare(a, b) for a, b in COMPARISONS}
+spsnr = af_ldm.spsnr_eval(cfg, inputs, trained)
+consistency = spsnr["consistency"]
+table = af_ldm.make_table(quality, consistency)
+rows, comparisons = table["rows"], table["comparisons"]
 
 
 def pm(mean, se, digits=2):
     return "–" if mean is None else f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
-table = ("| row | CFA at inference | " + fid_name + " | latent SPSNR | image SPSNR | paper: FID / latent / image |\n"
-         "|---|---|---|---|---|---|\n")
+md = ("| row | CFA at inference | " + fid_name + " | latent SPSNR | image SPSNR | paper: FID / latent / image |\n"
+      "|---|---|---|---|---|---|\n")
 for r in rows:
     paper = " / ".join("–" if r[k] is None else f"{r[k]:.2f}"
                        for k in ("paper_FID", "paper_latent_spsnr", "paper_image_spsnr"))
-    table += (f"| {r['row']} | {'on' if r['cfa_inference'] else 'off'} | {pm(r[fid_name], r['fid_boot_se'], 1)} | "
-              f"{pm(r['latent_spsnr_db'], r['latent_spsnr_se_db'])} | {pm(r['image_spsnr_db'], r['image_spsnr_se_db'])}"
-              f" | {paper} |\n")
+    md += (f"| {r['row']} | {'on' if r['cfa_inference'] else 'off'} | {pm(r[fid_name], r['fid_boot_se'], 1)} | "
+           f"{pm(r['latent_spsnr_db'], r['latent_spsnr_se_db'])} | {pm(r['image_spsnr_db'], r['image_spsnr_se_db'])}"
+           f" | {paper} |\n")
+recon = quality["reconstruction_fid"]
 display(Markdown(
-    f"**Scale:** {ldm_dataset}, latents {latent_shape} (VAE factor {f}), U-Net {ldm_channels}, "
-    f"{ldm_train_steps} steps from scratch (+{ldm_finetune_steps} with the equivariance loss), batch {ldm_batch}; "
-    f"DDIM {ldm_sample_steps} steps, schedule {ldm_schedule}. FID: {ldm_fid_samples} samples vs "
-    f"{len(test_images)} test images, {fid_name} features, ± bootstrap standard error ({n_boot} resamples) "
-    f"(VAE reconstruction FID: vanilla {reconstruction_fid['vanilla']:.1f}, AF-VAE "
-    f"{reconstruction_fid['af_vae']:.1f}). SPSNR: {ldm_spsnr_latents} initial latents, {ldm_spsnr_groups} random "
+    f"**Scale:** {cfg.ldm_dataset}, latents {inputs.latent_shape} (VAE factor {inputs.factor}), U-Net "
+    f"{list(cfg.ldm_channels)}, {cfg.ldm_train_steps} steps from scratch (+{cfg.ldm_finetune_steps} with the "
+    f"equivariance loss), batch {cfg.ldm_batch}; DDIM {cfg.ldm_sample_steps} steps, schedule {cfg.ldm_schedule}. "
+    f"FID: {cfg.ldm_fid_samples} samples vs {len(inputs.test_images)} test images, {fid_name} features, ± bootstrap "
+    f"standard error ({af_ldm.N_BOOT} resamples) (VAE reconstruction FID: vanilla {recon['vanilla']:.1f}, AF-VAE "
+    f"{recon['af_vae']:.1f}). SPSNR: {cfg.ldm_spsnr_latents} initial latents, {cfg.ldm_spsnr_groups} random "
     f"shifts (1/8-pixel grid, |d| <= 0.375 size, circular shift of the noise), per latent on the non-wrapped "
     f"region, latent peak = the target's range there, image peak 2; mean ± standard error over latents. "
     f"`paper`: Zhou et al.'s Table 3 (FFHQ 256, Inception FID, 50k samples, 10k latents), for orientation only: "
-    f"absolute values are not comparable across models, sizes and conventions.\n\n" + table))
+    f"absolute values are not comparable across models, sizes and conventions.\n\n" + md))
 
 # %% [markdown]
 # Differences between rows (row minus baseline, paired; mean ± standard error; FID ± bootstrap standard error). A
@@ -398,32 +212,10 @@ display(Markdown(md))
 # chain.
 
 # %%
-fig, (ax, ax_gap) = plt.subplots(2, 1, figsize=(7, 5.6), sharex=True)
-per_step_rows = []
-STEP_PAIR = (("vanilla_vae_cfa", "standard LDM (+ CFA)"), ("af_ldm", "AF-LDM"))
-for row_key, label in STEP_PAIR:
-    ps = consistency[row_key]["per_step"]
-    stats = [mean_sem(ps[s]) for s in range(ps.shape[0])]
-    mean, se = np.array([m for m, _ in stats]), np.array([e for _, e in stats])
-    steps_axis = np.arange(1, len(mean) + 1)
-    ax.errorbar(steps_axis, mean, yerr=se, fmt="o-", capsize=2, label=label)
-    per_step_rows += [{"model": label, "step": int(s), "latent_spsnr_db": float(m), "se_db": float(e)}
-                      for s, m, e in zip(steps_axis, mean, se)]
-gap_ps = consistency["af_ldm"]["per_step"] - consistency["vanilla_vae_cfa"]["per_step"]
-gap = [mean_sem(gap_ps[s]) for s in range(gap_ps.shape[0])]
-ax_gap.errorbar(steps_axis, [m for m, _ in gap], yerr=[e for _, e in gap], fmt="o-", capsize=2, color="k")
-ax_gap.axhline(0, color="grey", lw=0.5)
-per_step_rows += [{"model": "AF-LDM minus standard LDM", "step": int(s), "latent_spsnr_db": m, "se_db": e}
-                  for s, (m, e) in zip(steps_axis, gap)]
-ax.set_ylabel("latent SPSNR (dB)")
-ax.legend()
-ax_gap.set_xlabel("DDIM step")
-ax_gap.set_ylabel("AF-LDM − standard (dB)")
-save_figure(fig, "figures/30_af_ldm/spsnr_per_step.png")
+step_rows, per_step_gap = af_ldm.per_step(consistency)
+figures["spsnr_per_step.png"] = af_ldm.figure_per_step(step_rows)
 plt.show()
-save_csv(per_step_rows, "metrics/30_af_ldm_per_step.csv")
-per_step_gap = {"first_step_db": gap[0][0], "first_step_se_db": gap[0][1], "last_step_db": gap[-1][0],
-                "last_step_se_db": gap[-1][1], "min_db": min(m for m, _ in gap), "max_db": max(m for m, _ in gap)}
+per_step_gap
 
 # %% [markdown]
 # ## Figure 6: SPSNR against a horizontal shift in 1/8-latent-pixel steps
@@ -434,48 +226,19 @@ per_step_gap = {"first_step_db": gap[0][0], "first_step_se_db": gap[0][1], "last
 # standard error over the latents.
 
 # %%
-sweep = [(0.0, k / 8) for k in range(1, ldm_sweep_eighths + 1)]
-xs = np.array([d[1] for d in sweep])
-sweep_noise = torch.randn((ldm_sweep_latents,) + latent_shape, generator=make_generator(seed + 31, dev), device=dev)
+sweep = af_ldm.sweep_eval(cfg, inputs, trained)  # decoder alone, then the whole LDM (with CFA)
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-fig6_rows = []
-
-
-def plot_sweep(ax, per, label, part):
-    """per: [shift, sample] SPSNRs in dB."""
-    stats = [mean_sem(per[i]) for i in range(per.shape[0])]
-    mean, se = np.array([m for m, _ in stats]), np.array([e for _, e in stats])
-    ax.errorbar(xs, mean, yerr=se, fmt="o-", capsize=2, label=label)
-    return [{"part": part, "model": label, "latent_shift": float(x), "spsnr_db": float(m), "se_db": float(e)}
-            for x, m, e in zip(xs, mean, se)]
-
-
-for vae_key, label in (("vanilla", "vanilla VAE"), ("af_vae", "AF-VAE")):
-    z = ldm.encode_latents(vaes[vae_key], test_images[:ldm_sweep_latents]) * scales[vae_key]
-    dec = decoder(vae_key)
-    ref = dec(z)
-    per = []
-    for d in sweep:
-        di = (0.0, d[1] * f)
-        mask = signal.valid_mask(ref.shape[-2:], di, device=dev)
-        per.append(metrics.psnr(dec(signal.fourier_shift(z, d)), signal.fourier_shift(ref, di), mask, peak=2.0,
-                                per_sample=True))
-    fig6_rows += plot_sweep(axes[0], torch.stack(per).cpu(), label, "decoder")
-pan = {}
-for row_key, key, label in (("vanilla_vae_cfa", "ldm_vanilla_vae", "standard LDM (+ CFA)"),
-                            ("af_ldm", "af_ldm", "AF-LDM")):
-    r = ldm.shift_consistency(trained[key], sweep_noise, sweep, steps=ldm_sample_steps, cfa=True,
-                              decode=decoder(MODEL_VAE[key]), factor=f, schedule=ldm_schedule)
-    pan[label] = r
-    fig6_rows += plot_sweep(axes[1], r["image"].cpu(), label, "ldm")
-for ax, title in zip(axes, ("VAE decoder", "whole LDM (image SPSNR)")):
+for ax, part, title in zip(axes, ("decoder", "ldm"), ("VAE decoder", "whole LDM (image SPSNR)")):
+    for label in dict.fromkeys(r["model"] for r in sweep["rows"] if r["part"] == part):
+        pts = [r for r in sweep["rows"] if r["part"] == part and r["model"] == label]
+        ax.errorbar([r["latent_shift"] for r in pts], [r["spsnr_db"] for r in pts], yerr=[r["se_db"] for r in pts],
+                    fmt="o-", capsize=2, label=label)
     ax.set_xlabel("horizontal latent shift (latent pixels)")
     ax.set_ylabel("SPSNR (dB)")
     ax.set_title(title)
     ax.legend()
-save_figure(fig, "figures/30_af_ldm/spsnr_vs_shift.png")
+figures["spsnr_vs_shift.png"] = fig
 plt.show()
-save_csv(fig6_rows, "metrics/30_af_ldm_spsnr_vs_shift.csv")
 
 # %% [markdown]
 # ## A slow sub-pixel pan
@@ -486,27 +249,16 @@ save_csv(fig6_rows, "metrics/30_af_ldm_spsnr_vs_shift.csv")
 # texture that sticks to the pixel grid or "bounces" between whole-pixel shifts shows up as motion there.
 
 # %%
-def upscale(x, k=4):
-    return x.repeat_interleave(k, -2).repeat_interleave(k, -1)
-
-
-frames = []
-for i, d in enumerate([(0.0, 0.0)] + sweep):
-    tiles = []
-    for label in pan:
-        frame = pan[label]["reference"][:1] if i == 0 else pan[label]["frames"][i - 1, :1]
-        back = signal.fourier_shift(frame, (0.0, -d[1] * f))
-        tiles.append(torch.cat([frame, back], dim=-2))
-    tile = torch.cat([tiles[0], torch.ones_like(tiles[0][..., :2]), tiles[1]], dim=-1)
-    frames.append(((upscale(tile[0]).clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).to(torch.uint8).cpu().numpy())
-save_gif(frames, "figures/30_af_ldm/pan.gif", fps=6)
+pan = sweep["pan"]
+frames = af_ldm.pan_frames(cfg, inputs, pan)  # written as figures/30_af_ldm/pan.gif with the metrics
 fig, axes = plt.subplots(2, 1, figsize=(12, 4))
 for ax, label in zip(axes, pan):
-    strip = torch.cat([pan[label]["reference"][:1]] + [pan[label]["frames"][i, :1] for i in range(0, len(sweep), 2)])
+    strip = torch.cat([pan[label]["reference"][:1]] + [pan[label]["frames"][i, :1]
+                                                       for i in range(0, cfg.ldm_sweep_eighths, 2)])
     ax.imshow(((torch.cat(list(strip), dim=-1) + 1) / 2).permute(1, 2, 0).clamp(0, 1).cpu().numpy())
     ax.set_title(f"{label}: frames at shifts 0, 1/8, 3/8, ... latent px", fontsize=9)
     ax.axis("off")
-save_figure(fig, "figures/30_af_ldm/pan_frames.png")
+figures["pan_frames.png"] = fig
 plt.show()
 
 # %% [markdown]
@@ -517,68 +269,18 @@ plt.show()
 # by every frame anchored on it).
 
 # %%
-def time_sampling(unet, cfa, repeats=2):
-    noise = torch.randn((ldm_timing_batch,) + latent_shape, generator=make_generator(seed + 37, dev), device=dev)
-    best = float("inf")
-    for _ in range(repeats):
-        if cfa:
-            with EquivariantAttention(unet) as eq:
-                eq.record()
-                ldm.sample(unet, noise, ldm_sample_steps, schedule=ldm_schedule)
-                eq.use()
-                sync()
-                t0 = time.perf_counter()
-                ldm.sample(unet, noise, ldm_sample_steps, schedule=ldm_schedule)
-                sync()
-                best = min(best, time.perf_counter() - t0)
-        else:
-            sync()
-            t0 = time.perf_counter()
-            ldm.sample(unet, noise, ldm_sample_steps, schedule=ldm_schedule)
-            sync()
-            best = min(best, time.perf_counter() - t0)
-    return best / ldm_timing_batch
-
-
-timing = {f"{key}{' + CFA' if cfa else ''}": time_sampling(trained[key], cfa)
-          for key in ("ldm_vanilla_vae", "af_ldm") for cfa in (False, True)}
+timing = af_ldm.time_sampling(cfg, inputs, trained)
 timing
 
 # %%
-goal = comparisons["af_ldm_minus_vanilla_vae_cfa"]  # the paper's comparison: AF-LDM vs LDM w/ vanilla VAE + CFA
-summary = {
-    "profile": profile,
-    "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
-    "scale": {"dataset": ldm_dataset, "latent_shape": list(latent_shape), "vae_factor": f, "unet": ldm_channels,
-              "train_steps": ldm_train_steps, "finetune_steps": ldm_finetune_steps, "batch": ldm_batch,
-              "ddim_steps": ldm_sample_steps, "schedule": ldm_schedule, "stop_grad": ldm_stop_grad,
-              "fid_samples": ldm_fid_samples, "spsnr_latents": ldm_spsnr_latents,
-              "spsnr_shifts": [list(d) for d in groups]},
-    "conventions": f"{fid_name}: FID with the classifier stage's features for {ldm_dataset}, ± bootstrap standard "
-                   f"error over {n_boot} resamples of samples and test images; latent SPSNR peak = the target's "
-                   "per-sample dynamic range on the non-wrapped region, image SPSNR peak 2, per-sample PSNR "
-                   "averaged in dB, mean ± standard error over initial latents (paired differences for "
-                   "comparisons); initial noise shifted circularly on the 1/8 latent-pixel grid",
-    "table": rows,
-    "by_row": by_row,
-    "comparisons": comparisons,
-    "per_step_gap_af_ldm_minus_standard": per_step_gap,
-    "vae_reconstruction_fid": reconstruction_fid,
-    "goal": "AF-LDM image SPSNR >= LDM w/ vanilla VAE + CFA + 5 dB, FID <= 1.3 x that LDM's (paper: 28.06 vs "
-            "21.69 dB, FID 19.05 vs 14.91)",
-    "goal_check": {"baseline": "vanilla_vae_cfa", "image_spsnr_gain_db": goal["image_spsnr_delta_db"],
-                   "image_spsnr_gain_se_db": goal["image_spsnr_delta_se_db"], "fid_ratio": goal["fid_ratio"],
-                   "fid_ratio_boot_se": goal["fid_ratio_boot_se"]},
-    "train_seconds": train_seconds,
-    "sampling_seconds_per_image": timing,
-}
-save_json(summary, "metrics/30_af_ldm.json")
+summary = af_ldm.summarise(cfg, inputs, models, quality, spsnr, table, per_step_gap, timing)
+af_ldm.write_outputs(ROOT, summary, curves, step_rows, sweep["rows"], frames, figures)
 summary["goal_check"]
 
 # %% [markdown]
 # ## Reading the results
 #
-# The cell below states, for every comparison above, whether this run resolves it (|difference| at least twice its
+# The cell below states, for every comparison above, whether this run resolves it (|difference| more than twice its
 # standard error) and in which direction; the README quotes the committed cpu run's numbers from
 # `metrics/30_af_ldm.json`. The goal check compares AF-LDM with the paper's baseline, the LDM in the vanilla VAE's
 # latents sampled with CFA (goal: image SPSNR +5 dB, FID at most 1.3 times). Things to keep in mind at this scale:
@@ -593,19 +295,10 @@ summary["goal_check"]
 # * Absolute values are not comparable with the paper's (FFHQ 256 px, Inception FID, another U-Net).
 
 # %%
-def verdict(delta, se):
-    if delta is None:
-        return ""
-    return "not resolved" if abs(delta) < 2 * se else ("higher" if delta > 0 else "lower")
-
-
-lines = []
-for c in comparisons.values():
-    parts = [f"{label} {c[f'{m}_spsnr_delta_db']:+.2f} ± {c[f'{m}_spsnr_delta_se_db']:.2f} dB "
-             f"({verdict(c[f'{m}_spsnr_delta_db'], c[f'{m}_spsnr_delta_se_db'])})"
-             for m, label in (("latent", "latent SPSNR"), ("image", "image SPSNR"))]
-    if "fid_delta" in c:
-        parts.append(f"FID {c['fid_delta']:+.1f} ± {c['fid_delta_boot_se']:.1f} "
-                     f"({verdict(c['fid_delta'], c['fid_delta_boot_se'])})")
-    lines.append(f"* **{c['row']} ({c['row_key']}) − {c['baseline']} ({c['baseline_key']})**: " + "; ".join(parts))
-display(Markdown("\n".join(lines)))
+lines = {}
+for v in af_ldm.verdicts(comparisons):
+    c = comparisons[v["comparison"]]
+    digits, unit = (1, "") if v["metric"] == "FID" else (2, " dB")
+    lines.setdefault(v["comparison"], f"* **{c['row']} ({c['row_key']}) − {c['baseline']} ({c['baseline_key']})**: ")
+    lines[v["comparison"]] += f"{v['metric']} {v['delta']:+.{digits}f} ± {v['se']:.{digits}f}{unit} ({v['verdict']}); "
+display(Markdown("\n".join(line.rstrip("; ") for line in lines.values())))

@@ -160,3 +160,93 @@ def test_cross_frame_layer_is_exactly_equivariant_per_group():
     state.update(mode="use", counter={})
     with pytest.raises(ValueError, match="multiple of the reference batch"):
         p(attn, torch.randn(3, 32, 6, 6))
+
+
+# --- kernels: SDPA (default) against the written-out reference ------------------------------------------------------
+
+
+def _shifted_pair(unet, x, t, impl):
+    """Output of the record pass on x and of the anchored pass on roll(x), and the gradient of their sum of squares
+    (the shape of the equivariance-loss step: both passes differentiated)."""
+    unet.zero_grad(set_to_none=True)
+    with EquivariantAttention(unet, impl=impl) as eq:
+        eq.record()
+        ref = unet(x, t).sample
+        eq.use()
+        out = unet(torch.roll(x, (1, 2), (2, 3)), t).sample
+    ((ref ** 2).sum() + (out ** 2).sum()).backward()
+    return ref.detach(), out.detach(), [p.grad.clone() for p in unet.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_sdpa_equals_reference_impl(dtype, tol):
+    """Both passes through F.scaled_dot_product_attention agree with the written-out attention (diffusers' legacy
+    processor and an explicit softmax) to float round-off, forward and backward."""
+    unet = _unet().to(dtype)
+    x = torch.randn(3, 4, 8, 8, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([10, 500, 900])
+    fast = _shifted_pair(unet, x, t, "sdpa")
+    ref = _shifted_pair(unet, x, t, "ref")
+    for a, b in zip(fast[:2] + tuple(fast[2]), ref[:2] + tuple(ref[2])):
+        assert a.dtype == dtype
+        assert torch.allclose(a, b, rtol=tol, atol=tol), (a - b).abs().max()
+    # at one layer, for a batch of 4 frames anchored on 2 references (the cross-frame path proper)
+    attn = _attn(unet)
+    h = torch.randn(2, 32, 6, 6, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    frames = torch.randn(4, 32, 6, 6, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    outs = []
+    for impl in ("sdpa", "ref"):
+        state = {"mode": "record", "counter": {}, "cache": {}, "detach": True}
+        p = CrossFrameAttnProcessor("a", state, impl=impl)
+        with torch.no_grad():
+            rec = p(attn, h)
+            state.update(mode="use", counter={})
+            outs.append((rec, p(attn, frames)))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, rtol=tol, atol=tol), (a - b).abs().max()
+
+
+def test_every_pass_goes_through_sdpa(monkeypatch):
+    """With the default impl the plain (record / off) passes use diffusers' AttnProcessor2_0 and the anchored pass
+    F.scaled_dot_product_attention: every attention call of the equivariance-loss step hits the fused kernel; the
+    "ref" impl none."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    unet = _unet()
+    n_layers = sum(type(m).__name__ == "Attention" for m in unet.modules())
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([3])
+    with torch.no_grad():
+        for impl, expected in (("sdpa", 3 * n_layers), ("ref", 0)):
+            calls.clear()
+            with EquivariantAttention(unet, impl=impl) as eq:
+                kinds = {type(m.processor.plain) for m in unet.modules() if type(m).__name__ == "Attention"}
+                assert kinds == {AttnProcessor2_0 if impl == "sdpa" else AttnProcessor}
+                eq.off()
+                unet(x, t)
+                eq.record()
+                unet(x, t)
+                eq.use()
+                unet(x, t)
+            assert len(calls) == expected, impl
+    with pytest.raises(ValueError, match="impl"):
+        EquivariantAttention(unet, impl="flash")
+
+
+def test_ordinary_attention_uses_sdpa_processor():
+    """latent_unet's attention layers hold AttnProcessor2_0; use_sdpa replaces the legacy processor."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from afcore import ldm
+    from afcore.attention import use_sdpa
+
+    unet = ldm.latent_unet((8, 16), groups=4)
+    layers = [m for m in unet.modules() if type(m).__name__ == "Attention"]
+    assert layers and all(type(m.processor) is AttnProcessor2_0 for m in layers)
+    for m in layers:
+        m.set_processor(AttnProcessor())
+    assert use_sdpa(unet) == len(layers) and all(type(m.processor) is AttnProcessor2_0 for m in layers)
+    assert use_sdpa(unet) == 0

@@ -208,3 +208,24 @@ def test_ldm_hot_paths_name_their_device():
         loss.backward()
         with torch.no_grad():
             V.enc_dec_spsnr(vae.vae.eval(), x, (0.0, 2.0))
+
+
+def test_ldm_loss_rejects_a_generator_on_another_device():
+    """A generator on another device than the batch (a CPU generator on a CUDA run, say) is a clear ValueError
+    naming the argument, before anything is drawn; here the batch sits on the 'meta' device."""
+    z0 = torch.empty(2, 4, 8, 8, device="meta")
+    with pytest.raises(ValueError, match=r"ldm_loss: generator is on cpu but the batch z0 .* is on meta"):
+        ldm.ldm_loss(tiny_latent_unet(), z0, ldm.make_scheduler("ddpm"), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        ldm.ldm_loss(tiny_latent_unet(), torch.zeros(2, 4, 8, 8), ldm.make_scheduler("ddpm"), 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ldm_loss_rejects_a_cpu_generator_on_cuda():
+    unet = tiny_latent_unet().cuda()
+    z0 = torch.randn(2, 4, 8, 8, device="cuda")
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        ldm.ldm_loss(unet, z0, ldm.make_scheduler("ddpm"), torch.Generator().manual_seed(0))
+    loss, logs = ldm.ldm_loss(unet, z0, ldm.make_scheduler("ddpm"), torch.Generator(device="cuda").manual_seed(0),
+                              eq_weight=1.0)
+    assert torch.isfinite(loss) and logs["equivariance"].device.type == "cuda"

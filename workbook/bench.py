@@ -269,7 +269,7 @@ def _ldm_pair(device, size):
 
     sched = ldm.make_scheduler("ddpm")
     z = torch.randn(size["batch"], 4, size["size"], size["size"], device=device)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)  # ldm_loss draws on the batch's device
 
     def make(af, impl):
         torch.manual_seed(0)

@@ -116,6 +116,8 @@ class DeviceCheck(TorchFunctionMode):
             return self._attribute(func, name, args)
         if name in _METADATA:
             return func(*args, **kwargs)
+        if name == "copy_":  # copying between devices is legal (load_state_dict does it): dst stays where it is
+            return func(*args, **kwargs)
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         if name in ("to", "cuda", "cpu"):
             return self._move(func, name, args, kwargs)

@@ -79,3 +79,14 @@ def test_the_rotation_metric_builds_its_mask_on_the_input_device():
         dev = device_mod.pick_device("cpu")
         x = torch.randn(1, 1, 16, 16, device=dev)
         assert course.rotation_psnr(lambda t: t, x, 30.0) > 100.0
+
+
+def test_copying_between_device_and_host_is_allowed():
+    """copy_ across devices is legal on CUDA (load_state_dict into a host model does it): no alarm, and the
+    destination stays where it was."""
+    with devcheck.DeviceCheck(roots=HERE):
+        dev = device_mod.pick_device("cpu")
+        host = torch.nn.Linear(2, 2)
+        host.load_state_dict({k: v.to(dev) for k, v in torch.nn.Linear(2, 2).state_dict().items()})
+        with pytest.raises(DeviceMixError):
+            host(torch.randn(1, 2, device=dev))

@@ -97,3 +97,23 @@ def smoke_workspace(tmp_path_factory, smoke_params):
         return root
 
     return ensure
+
+
+@pytest.fixture(scope="module")
+def cached_stage_run(smoke_workspace, smoke_params):
+    """``get(module, checkpoints, device, checks) -> (cfg, root, metrics)``: one smoke run of a stage module per device,
+    shared by the tests of a module; the stage's own ``checkpoints`` folder is removed first so that every device
+    really trains."""
+    runs = {}
+
+    def get(module, checkpoints, device, checks):
+        name = module.__name__.rsplit(".", 1)[-1]
+        if (name, device) not in runs:
+            root = smoke_workspace(*UPSTREAM[name])
+            shutil.rmtree(root / checkpoints, ignore_errors=True)
+            cfg = module.Config.from_params(smoke_params)
+            with checks(device):
+                runs[name, device] = (cfg, root, module.run(cfg, device, root))
+        return runs[name, device]
+
+    return get

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -14,24 +13,12 @@ from afcore import data, i2sb
 from afcore.stages import latent_sr
 from afcore.stages.common import ConfigError
 from afcore.device import make_generator
-from conftest import UPSTREAM
 
 
 @pytest.fixture(scope="module")
-def smoke_run(smoke_workspace, smoke_params):
-    """One smoke run per device, shared by the tests of this module: device -> (cfg, root, metrics)."""
-    runs = {}
-
-    def get(device, checks):
-        if device not in runs:
-            root = smoke_workspace(*UPSTREAM["latent_sr"])
-            shutil.rmtree(root / "checkpoints/sr", ignore_errors=True)  # train for real on every device
-            cfg = latent_sr.Config.from_params(smoke_params)
-            with checks(device):
-                runs[device] = (cfg, root, latent_sr.run(cfg, device, root))
-        return runs[device]
-
-    return get
+def smoke_run(cached_stage_run):
+    """One smoke run per device, shared by the tests of this module: (device, checks) -> (cfg, root, metrics)."""
+    return lambda device, checks: cached_stage_run(latent_sr, "checkpoints/sr", device, checks)
 
 
 def test_run_outputs(stage_device, smoke_run, device_checks):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -13,24 +12,12 @@ import torch
 
 from afcore.stages import latent_sr, normals
 from afcore.stages.common import ConfigError
-from conftest import UPSTREAM
 
 
 @pytest.fixture(scope="module")
-def smoke_run(smoke_workspace, smoke_params):
-    """One smoke run per device, shared by the tests of this module: device -> (cfg, root, metrics)."""
-    runs = {}
-
-    def get(device, checks):
-        if device not in runs:
-            root = smoke_workspace(*UPSTREAM["normals"])
-            shutil.rmtree(root / "checkpoints/normals", ignore_errors=True)  # train for real on every device
-            cfg = normals.Config.from_params(smoke_params)
-            with checks(device):
-                runs[device] = (cfg, root, normals.run(cfg, device, root))
-        return runs[device]
-
-    return get
+def smoke_run(cached_stage_run):
+    """One smoke run per device, shared by the tests of this module: (device, checks) -> (cfg, root, metrics)."""
+    return lambda device, checks: cached_stage_run(normals, "checkpoints/normals", device, checks)
 
 
 def test_run_outputs(stage_device, smoke_run, device_checks):

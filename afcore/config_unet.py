@@ -205,10 +205,9 @@ class ConfigUNet(nn.Module):
 
 
 def save_unet(model: ConfigUNet, path) -> None:
-    from afcore.utils import _atomic_write
+    from afcore.utils import save_torch
 
-    state = {"init_args": model.init_args, "state_dict": model.state_dict()}
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    save_torch({"init_args": model.init_args, "state_dict": model.state_dict()}, path)
 
 
 def load_unet(path) -> ConfigUNet:

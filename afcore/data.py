@@ -224,8 +224,9 @@ def lfw_faces(size: int = 32, flips: bool = True) -> torch.Tensor:
 
 
 def checksum(t: torch.Tensor) -> str:
-    """sha256 of a tensor's bytes (recorded in the data stage's metrics)."""
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+    """sha256 of a tensor's bytes (recorded in the data stage's metrics, and in training fingerprints so that a
+    checkpoint trained on other data is never resumed)."""
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, seed: int):
@@ -240,7 +241,8 @@ def split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: floa
 
 
 def load_prepared(name: str, root: str = "data") -> dict:
-    """Read a data set written by the data stage (``data/<name>.pt``) with a clear error when it is missing."""
+    """Read a data set written by the data stage (``data/<name>.pt``), with a clear error when it is missing, and
+    check each split against the sha256 the data stage stored beside it (a damaged or edited file is refused)."""
     from pathlib import Path
 
     if name not in DATASETS:
@@ -248,4 +250,12 @@ def load_prepared(name: str, root: str = "data") -> dict:
     path = Path(root) / f"{name}.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the data stage first (`dvc repro data`)")
-    return torch.load(path, weights_only=False)
+    try:
+        parts = torch.load(path, weights_only=False)
+    except Exception as exc:  # a truncated or overwritten archive
+        raise ValueError(f"{path} cannot be read ({exc}): re-create it with `dvc repro data`") from exc
+    for split, expected in parts.get("sha256", {}).items():
+        if checksum(parts[split]) != expected:
+            raise ValueError(f"{path}: the {split!r} split does not match the sha256 the data stage recorded: the file "
+                             "was changed after it was written; re-create it with `dvc repro data`")
+    return parts

@@ -31,7 +31,7 @@ def ddpm_loss(model, x0: torch.Tensor, scheduler, generator: torch.Generator | N
     Timesteps and noise are drawn on ``x0``'s device (pass a ``generator`` on that device for a seeded run)."""
     if generator is not None and generator.device != x0.device:
         raise ValueError(f"generator is on {generator.device} but x0 on {x0.device}: draw the noise where it is used "
-                         "(afcore.device_mod.make_generator(seed, device))")
+                         "(afcore.device.make_generator(seed, device))")
     t = torch.randint(1, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     noisy = scheduler.add_noise(x0, noise, t)

@@ -7,9 +7,10 @@ tags, while the arithmetic still runs on the CPU:
 
 * ``pick_device`` resolves a CPU run to ``torch.device("cpu", 0)``, the simulated accelerator; a factory call
   (``torch.randn``, ``zeros``, ...) with that device, ``.to(it)`` and tensors derived from device tensors are
-  *device*; a factory without ``device=``, ``torch.from_numpy``, ``.cpu()`` and ``.to("cpu")`` in the workbook's own
-  code are *host* (library code that places tensors on plain ``"cpu"`` is placing them on the run device: on a GPU
-  run it would have been told ``cuda``);
+  *device*; a factory without ``device=`` or with plain ``device="cpu"`` (in any code: a library derives it from a
+  tensor it was given, and a host tensor's ``.device`` reads ``cpu``), ``torch.from_numpy``, and ``.cpu()`` and
+  ``.to("cpu")`` in the workbook's own code are *host* (a library that moves things to plain ``"cpu"``, as
+  accelerate's ``prepare`` does, is moving them to the run device: on a GPU run it would have chosen ``cuda``);
 * an op whose tensor arguments include both (a host scalar, a 0-dim tensor, is allowed, as on CUDA; so are host
   index tensors) raises ``DeviceMixError``; so do a host generator drawing device tensors (and the reverse) and
   ``.numpy()`` of a device tensor;
@@ -61,13 +62,14 @@ def _caller_is_ours() -> bool:
 
 
 def _device_tag(device, ours: bool) -> bool:
-    """True for the run device, False for the host."""
+    """True for the run device, False for the host. ``ours``: the workbook's code, or a factory call (whose
+    ``device=`` a library derives from a tensor it was given, ``x.device``, which reads ``cpu:0`` on the device)."""
     device = torch.device(device) if isinstance(device, (str, int)) else device
     if device.type != "cpu":
         return True  # a real accelerator (the check also runs on GPU machines)
     if device.index == 0:
         return True
-    return not ours  # libraries put things on plain "cpu" only when told that is the run device
+    return not ours  # a library that moves to plain "cpu" (accelerate's prepare) was set up for the run device
 
 
 def _tag(t: torch.Tensor):
@@ -132,7 +134,7 @@ class DeviceCheck(TorchFunctionMode):
             shapes = [(tuple(t.shape), "device" if _tag(t) else "host") for t in checked if t.ndim > 0]
             raise DeviceMixError(f"{name or func}: tensors on the run device and on the host {shapes}")
         if "device" in kwargs and kwargs["device"] is not None:
-            out_tag = _device_tag(kwargs["device"], _caller_is_ours())
+            out_tag = _device_tag(kwargs["device"], ours=True)
         elif tensors:
             out_tag = any(_tag(t) for t in tensors)
         else:

@@ -250,8 +250,8 @@ class BlendedAttention:
 
 class _BlendProcessor:
     def __init__(self, name, owner):
-        from diffusers.models.attention_processor import AttnProcessor
-        self.name, self.owner, self.plain = name, owner, AttnProcessor()
+        from diffusers.models.attention_processor import AttnProcessor2_0  # SDPA: the fused kernel on a GPU
+        self.name, self.owner, self.plain = name, owner, AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *a, **k):
         from afcore.attention import _cross_frame

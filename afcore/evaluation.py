@@ -155,10 +155,10 @@ def classifier_loss(model, batch, step):
 
 
 def save_classifier(model: DigitClassifier, path) -> None:
-    from afcore.utils import _atomic_write
+    from afcore.utils import save_torch
 
-    _atomic_write(path, lambda tmp: torch.save({"init_args": model.init_args, "state_dict": model.state_dict(),
-                                                     "feature_kind": getattr(model, "feature_kind", "clf")}, tmp))
+    save_torch({"init_args": model.init_args, "state_dict": model.state_dict(),
+                "feature_kind": getattr(model, "feature_kind", "clf")}, path)
 
 
 def load_classifier(path) -> DigitClassifier:

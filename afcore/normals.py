@@ -34,6 +34,7 @@ from torch import nn
 
 from afcore import ldm
 from afcore.surgery import PATCH_FILE, make_alias_free, save_alias_free
+from afcore.utils import save_torch
 
 __all__ = ["NORMAL_CODES", "normals_to_image", "image_to_normals", "TEXTURES", "TRAIN_T", "random_scene", "height_and_gradient", "render", "angular_error", "normal_metrics", "yoso_models", "YOSO",
            "yoso_loss", "save_yoso", "load_yoso", "PointwiseControl"]
@@ -341,7 +342,7 @@ def save_yoso(model: YOSO, path) -> Path:
     path = Path(path)
     save_alias_free(model.unet, path / "unet")
     save_alias_free(model.controlnet, path / "controlnet")
-    torch.save({"prompt": model.prompt.detach().cpu(), "T": model.T}, path / "prompt.pt")
+    save_torch({"prompt": model.prompt.detach().cpu(), "T": model.T}, path / "prompt.pt")
     return path
 
 

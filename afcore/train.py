@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from afcore.utils import save_csv
+from afcore.utils import save_csv, save_torch
 
 
 class EMA:
@@ -65,12 +65,6 @@ def _slice_batch(batch, rank: int, world: int):
     if isinstance(batch, dict):
         return {k: _slice_batch(v, rank, world) for k, v in batch.items()}
     return batch
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_loop(
@@ -147,7 +141,7 @@ def train_loop(
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            _save_atomic({
+            save_torch({
                 "model": accelerator.unwrap_model(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "ema": ema.model.state_dict() if ema is not None else None,

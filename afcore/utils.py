@@ -27,18 +27,37 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> Path:
+    """Write ``path`` through a temporary file in its folder (``write(tmp)``), then rename: a crash never leaves a
+    half-written file. The file gets the usual mode (0666 less the umask), not ``mkstemp``'s private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_torch(obj, path: str | Path) -> Path:
+    """``torch.save`` with identical bytes for identical content: torch names the archive's inner folder after the
+    file it writes to, so saving to a random temporary name would change the md5 (and DVC's view) at every run."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return _atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
 def _jsonable(value: Any) -> Any:

@@ -94,3 +94,20 @@ def test_readme_directions_hold_for_af_ldm_and_video():
     rows = {r["row"]: r for r in _load("41_video_editing.json")["table6"]}
     s, a = rows["standard LDM + CFA"]["we_nb"], rows["AF-LDM + CFA"]["we_nb"]
     assert a[0] < s[0] and not _resolved(s[0] - a[0], (s[1] ** 2 + a[1] ** 2) ** 0.5)
+
+
+def test_fix_refuses_numbers_from_another_profile_and_writes_nothing(tmp_path):
+    """A smoke run writes into the same metrics/: its numbers must not replace cpu-profile prose, not even in part."""
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "cpu.json").write_text(json.dumps({"profile": "cpu", "fid": 12.0}))
+    (tmp_path / "metrics" / "smoke.json").write_text(json.dumps({"profile": "smoke", "fid": 1053.9}))
+    readme = tmp_path / "README.md"
+    text = "FID 11.0<!--m:cpu.json:fid:.1f--> and 42.5<!--m:smoke.json:fid:.1f-->\n"
+    readme.write_text(text)
+    problems = claims.scan(tmp_path, fix=True)
+    assert any("'smoke' profile" in p and "smoke.json" in p for p in problems)
+    assert readme.read_text() == text  # the cpu number was not rewritten either
+    assert any("'cpu' profile" in p for p in claims.scan(tmp_path, fix=True, profile="smoke"))
+    readme.write_text("FID 42.5<!--m:smoke.json:fid:.1f-->\n")  # prose about a smoke run may quote smoke numbers
+    assert claims.scan(tmp_path, fix=True, profile="smoke") == []
+    assert "FID 1053.9<!--" in readme.read_text()

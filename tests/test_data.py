@@ -158,3 +158,38 @@ def test_lfw_faces_are_the_embedded_faces_resized():
     assert data.lfw_faces(32, flips=False).shape == (200, 3, 32, 32)
     with pytest.raises(ValueError, match="size"):
         data.lfw_faces(2)
+
+
+def test_saved_tensors_are_byte_reproducible_and_readable_by_others(tmp_path):
+    """Identical content gives identical bytes whatever the file is called (DVC sees no change on a re-run), and a
+    written file gets the umask's mode, not a temporary file's private 0600."""
+    from afcore.utils import save_torch
+
+    parts = {"train": torch.arange(12.0).reshape(3, 4), "labels": torch.tensor([1, 2, 3])}
+    a, b = save_torch(parts, tmp_path / "a.pt"), save_torch(parts, tmp_path / "sub" / "b.pt")
+    assert a.read_bytes() == b.read_bytes()
+    assert torch.equal(torch.load(a)["train"], parts["train"])
+    mask = os.umask(0o022)
+    try:
+        c = save_torch(parts, tmp_path / "c.pt")
+    finally:
+        os.umask(mask)
+    assert c.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_load_prepared_refuses_a_changed_or_damaged_file(tmp_path):
+    """The data stage stores each split's sha256 beside it; a file edited afterwards, or truncated, is refused."""
+    from afcore.utils import save_torch
+
+    train, test = torch.rand(4, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    parts = {"train": train, "test": test, "sha256": {"train": data.checksum(train), "test": data.checksum(test)}}
+    save_torch(parts, tmp_path / "mnist.pt")
+    assert torch.equal(data.load_prepared("mnist", root=tmp_path)["train"], train)
+    edited = dict(parts, train=train.clone().index_fill_(0, torch.tensor([0]), 0.5))
+    save_torch(edited, tmp_path / "mnist.pt")
+    with pytest.raises(ValueError, match="'train' split does not match"):
+        data.load_prepared("mnist", root=tmp_path)
+    (tmp_path / "mnist.pt").write_bytes((tmp_path / "mnist.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot be read"):
+        data.load_prepared("mnist", root=tmp_path)

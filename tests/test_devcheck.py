@@ -90,3 +90,18 @@ def test_copying_between_device_and_host_is_allowed():
         host.load_state_dict({k: v.to(dev) for k, v in torch.nn.Linear(2, 2).state_dict().items()})
         with pytest.raises(DeviceMixError):
             host(torch.randn(1, 2, device=dev))
+
+
+def test_a_library_placing_its_tensors_where_its_input_is_follows_the_input():
+    """torchmetrics builds SSIM's kernel with ``device=preds.device``: host inputs give a host kernel (no alarm),
+    device inputs a device kernel; mixing the two inputs is still caught."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    with devcheck.DeviceCheck(roots=HERE):
+        dev = device_mod.pick_device("cpu")
+        host = torch.rand(2, 3, 16, 16)
+        on_device = torch.rand(2, 3, 16, 16, device=dev)
+        assert 0.99 < float(ssim(host, host, data_range=1.0)) <= 1.0 + 1e-6
+        assert 0.99 < float(ssim(on_device, on_device, data_range=1.0)) <= 1.0 + 1e-6
+        with pytest.raises(DeviceMixError):
+            ssim(on_device, host, data_range=1.0)

@@ -50,7 +50,7 @@ def test_smoke_run_writes_outputs_compares_pairs_and_resumes(stage_device, devic
         assert (tmp_path / rel).is_file(), rel
     on_disk = json.loads((tmp_path / af_vae.METRICS_JSON).read_text())
     assert on_disk["by_row"] == json.loads(json.dumps(summary["by_row"]))
-    assert on_disk["device"] == str(pick_device(stage_device)) and on_disk["profile"] == "smoke"
+    assert on_disk["device"].startswith(stage_device) and on_disk["profile"] == "smoke"
 
     # Table 2: every row, finite values in plausible ranges
     assert list(summary["by_row"]) == list(af_vae.KEY.values())

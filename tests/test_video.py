@@ -319,7 +319,8 @@ def test_attention_blend_weights():
             only_a = unet(x, t).sample
             att.use((0.5, 0.5))
             half = unet(x, t).sample
-    torch.testing.assert_close(only_a, single[0], atol=1e-6, rtol=0)
+    # the two record passes run self-attention through different kernels (SDPA here): float32 round-off only
+    torch.testing.assert_close(only_a, single[0], atol=1e-5, rtol=0)
     # one attention layer at the bottom of the U-Net: blending its output is linear there, so compare per layer
     _, unet2 = _class_unet(seed=3)
     from diffusers.models.attention_processor import Attention

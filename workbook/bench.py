@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from afcore import backend, layers
+from afcore.device import make_generator
 from afcore.utils import REPO_ROOT, save_json
 
 LAYER_SHAPES = {"cpu": ((8, 64, 16, 16), (8, 64, 32, 32), (4, 64, 64, 64)),
@@ -228,7 +229,7 @@ def _config_pair(device, size):
 
     sched = ddpm.make_scheduler("ddpm")
     x = torch.randn(size["batch"], 1, size["size"], size["size"], device=device)
-    gen = torch.Generator().manual_seed(0)
+    gen = make_generator(0, device)  # the losses draw on the batch's device
 
     def make(config, impl):
         torch.manual_seed(0)
@@ -248,7 +249,7 @@ def _vae_pair(device, size):
     from afcore.surgery import make_alias_free
 
     x = torch.rand(size["batch"], 3, size["size"], size["size"], device=device) * 2 - 1
-    gen = torch.Generator().manual_seed(0)
+    gen = make_generator(0, device)  # the losses draw on the batch's device
     groups = min(32, min(size["channels"]))
 
     def make(af, impl):
@@ -269,7 +270,7 @@ def _ldm_pair(device, size):
 
     sched = ldm.make_scheduler("ddpm")
     z = torch.randn(size["batch"], 4, size["size"], size["size"], device=device)
-    gen = torch.Generator(device=device).manual_seed(0)  # ldm_loss draws on the batch's device
+    gen = make_generator(0, device)  # the losses draw on the batch's device
 
     def make(af, impl):
         torch.manual_seed(0)

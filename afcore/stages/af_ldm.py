@@ -199,7 +199,9 @@ def train_model(cfg: Config, inputs: Inputs, key: str, trained: dict, root):
                        start_steps=cfg.ldm_train_steps, batch=cfg.ldm_batch, lr=cfg.ldm_lr, ema=cfg.ldm_ema_decay,
                        eq_weight=cfg.ldm_eq_weight, stop_grad=cfg.ldm_stop_grad, schedule=cfg.ldm_schedule,
                        layers=cfg.ldm_layers_per_block, seed=cfg.seed, vae_scale=inputs.scales[vae_key],
-                       dataset=cfg.ldm_dataset, image_size=cfg.ldm_image_size, loss_version=2)
+                       dataset=cfg.ldm_dataset, image_size=cfg.ldm_image_size, loss_version=2,
+                       data=data.checksum(inputs.train_images),  # new images or a retrained VAE: not resumed
+                       vae=data.checksum(torch.cat([p.flatten() for p in inputs.vaes[vae_key].state_dict().values()])))
     run_dir = prepare_run_dir(Path(root) / "checkpoints" / "ldm" / key, fingerprint)
     unet = build(cfg, inputs, resample, nonlin)
     if start:

@@ -214,7 +214,8 @@ def train_vae(cfg: Config, dev, model, name: str, steps: int, lr: float, eq: boo
                        loss_version=2, ema=cfg.vae_ema_decay, kl=cfg.kl_weight, eq_weight=cfg.eq_weight,
                        perceptual=cfg.perceptual_weight, gan=cfg.gan_weight, gan_start=cfg.gan_start,
                        disc=cfg.disc_channels, seed=cfg.seed, crop=cfg.crop_size, n_train=cfg.n_train,
-                       dataset=cfg.vae_dataset, pretrained=cfg.vae_pretrained, pretrain_steps=cfg.vae_pretrain_steps)
+                       dataset=cfg.vae_dataset, pretrained=cfg.vae_pretrained, pretrain_steps=cfg.vae_pretrain_steps,
+                       data=data.checksum(train_x))
     slug = re.sub("[^a-z0-9]+", "_", name.lower()).strip("_")
     run_dir = prepare_run_dir(Path(out_dir) / "checkpoints" / "vae" / "runs" / slug, fingerprint)
     wrapped, ema, history = train_loop(wrapped, loss_fn(cfg, eq, perceptual), batches(cfg, train_x), steps=steps,

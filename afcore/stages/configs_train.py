@@ -129,6 +129,7 @@ def train(cfg: Config, dev, root, train_x: torch.Tensor):
     fingerprint = dict(dataset=cfg.dataset, config=cfg.config, base=cfg.base_channels, levels=cfg.levels,
                        attention=cfg.attention, filter_method=cfg.filter_method, steps=cfg.train_steps,
                        batch=cfg.batch_size, lr=cfg.lr, ema=cfg.ema_decay, seed=cfg.seed, n_train=int(len(train_x)),
+                       data=afdata.checksum(train_x),
                        amp=cfg.amp, architecture="reference-widths-v2")
     run_dir = prepare_run_dir(checkpoint_dir(cfg, root), fingerprint)  # a checkpoint of other settings is not resumed
     seed_everything(cfg.seed)  # the initial weights do not depend on what ran before

@@ -15,7 +15,7 @@ import torch
 
 from afcore import data as afdata
 from afcore.stages.common import ConfigError, StageConfig, out_path, pick_device
-from afcore.utils import _atomic_write, save_figure, save_json, seed_everything
+from afcore.utils import save_figure, save_json, save_torch, seed_everything
 
 FIG = Path("figures/10_data")
 METRICS = Path("metrics/10_data.json")
@@ -80,12 +80,13 @@ def save_splits(cfg: Config, built: dict, out_dir) -> dict:
     summary = {"profile": cfg.profile, "source": cfg.source, "datasets": {}}
     for name, (images, labels, description) in built.items():
         parts = afdata.split(images, labels, cfg.test_fraction, cfg.seed)
-        parts.update(name=name, description=description)
-        _atomic_write(out_path(out_dir, "data", f"{name}.pt"), lambda tmp: torch.save(parts, tmp))
+        sums = {split: afdata.checksum(parts[split]) for split in ("train", "test")}
+        parts.update(name=name, description=description, sha256=sums)  # load_prepared verifies them
+        save_torch(parts, out_path(out_dir, "data", f"{name}.pt"))
         summary["datasets"][name] = {
             "description": description, "train": int(parts["train"].shape[0]), "test": int(parts["test"].shape[0]),
             "shape": list(images.shape[1:]), "labelled": labels is not None,
-            "sha256_train": afdata.checksum(parts["train"]), "sha256_test": afdata.checksum(parts["test"]),
+            "sha256_train": sums["train"], "sha256_test": sums["test"],
         }
     return summary
 

@@ -118,6 +118,9 @@ def run_notebook(notebook: str | Path, parameters: dict, output: str | Path, cwd
             raise RuntimeError(f"jupytext could not convert {notebook}")
         if execute.returncode != 0:
             raise RuntimeError(f"papermill failed on {notebook} (see the cell error above)")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's file is private (0600); a report is not
         os.replace(tmp, output)
     finally:
         for f in (tmp, pfile):

@@ -15,6 +15,31 @@ import torch
 from afcore import metrics, signal
 
 
+# ----------------------------------------------------------------------------------------------- photographs
+# scikit-image's bundled photographs that load without a network: the choices of the notebooks' ``image`` parameter
+PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "page",
+          "rocket", "text")
+
+
+def gray_photo(name: str, min_side: int = 0) -> np.ndarray:
+    """``skimage.data.<name>()`` as a float64 grey image in [0, 1]: colour photographs through ``rgb2gray``, 8-bit
+    grey ones divided by 255 (a colour photo must not reach a 2-D filter as a 3-D array). ``min_side``: the crop the
+    caller takes; a smaller photograph is refused with the ones that are large enough."""
+    import skimage.color
+    import skimage.data
+
+    if name not in PHOTOS:
+        raise ValueError(f"image: unknown photograph {name!r}; allowed: {list(PHOTOS)}")
+    photo = getattr(skimage.data, name)()
+    if min(photo.shape[:2]) < min_side:
+        big = [n for n in PHOTOS if min(getattr(skimage.data, n)().shape[:2]) >= min_side]
+        raise ValueError(f"image: {name!r} is {photo.shape[0]}x{photo.shape[1]} pixels, smaller than the {min_side}-pixel "
+                         f"crop taken here; photographs large enough: {big}")
+    if photo.ndim == 3:
+        return skimage.color.rgb2gray(photo[..., :3]).astype(np.float64)
+    return photo / 255.0
+
+
 # ----------------------------------------------------------------------------------------------- folding
 def fold(f, fs: float = 1.0):
     """Alias of frequency ``f`` sampled at rate ``fs``: the frequency in ``[0, fs/2]`` the samples show."""

@@ -26,8 +26,6 @@ image = "brick"
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-import skimage.color
-import skimage.data
 import torch
 
 from afcore import course, signal
@@ -179,8 +177,7 @@ assert metrics["zone_plate"]["alias_mse_inside_clean_radius"] < 0.1 * metrics["z
 # `decimation`-th pixel.
 
 # %%
-photo = getattr(skimage.data, image)()
-gray = skimage.color.rgb2gray(photo) if photo.ndim == 3 else photo / 255.0
+gray = course.gray_photo(image, min_side=zone_plate_size)  # grey in [0, 1], colour photos through rgb2gray
 s0 = (gray.shape[0] - zone_plate_size) // 2
 gray = torch.tensor(gray[s0:s0 + zone_plate_size, s0:s0 + zone_plate_size], dtype=torch.float32, device=dev) * 2 - 1
 photo_naive = gray[::decimation, ::decimation]

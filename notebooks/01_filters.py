@@ -33,7 +33,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import scipy.optimize
 import scipy.signal
-import skimage.data
 import skimage.transform
 import torch
 
@@ -304,7 +303,7 @@ assert [round(k2d[f"3x3 jinc beta={b}"]["dc_gain"], 2) for b in (0, 1, 2)] == [1
 # overshoot of each filter (a 1-D step filtered along rows).
 
 # %%
-img = torch.tensor(skimage.transform.resize(getattr(skimage.data, image)() / 255.0, (128, 128),
+img = torch.tensor(skimage.transform.resize(course.gray_photo(image), (128, 128),
                                             anti_aliasing=True), dtype=torch.float32, device=dev) * 2 - 1
 filters = {
     "ideal (FFT) low-pass": lambda t: signal.ideal_lowpass(t, cutoff),

@@ -30,13 +30,11 @@ kaiser_beta = 8.0
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-import skimage.color
-import skimage.data
 import skimage.transform
 import torch
 import torch.nn.functional as F
 
-from afcore import layers, signal
+from afcore import course, layers, signal
 from afcore.metrics import spsnr
 from afcore.utils import save_figure, save_json, seed_everything
 from afcore.device import pick_device
@@ -51,8 +49,7 @@ for a in activations:
         raise ValueError(f"activations: unknown {a!r}; allowed: {sorted(ACTS)}")
 kaiser = dict(method="kaiser", numtaps=kaiser_numtaps, beta=kaiser_beta)
 
-photo = getattr(skimage.data, image)()
-gray = skimage.color.rgb2gray(photo) if photo.ndim == 3 else photo / 255.0
+gray = course.gray_photo(image, min_side=size)  # grey in [0, 1], colour photos through rgb2gray
 # a crop at native resolution: an anti-aliased resize first would remove the very content that aliases
 s0 = (gray.shape[0] - size) // 2
 x = torch.tensor(gray[s0:s0 + size, s0:s0 + size], dtype=torch.float32, device=dev) * 2 - 1

@@ -53,6 +53,14 @@ def test_01_filter_claims():
     assert all(-17 < r["max_rel_gain_above_1.5fc_db"] < -8 for n, r in k.items() if n.startswith("3x3"))
     ov = m["image_step_overshoot"]
     assert ov["ideal (FFT) low-pass"] > ov["Kaiser sinc 13, beta 8"]
+    # section 5: the normalised 3x3 jinc blurs MOST (lowest pass-band gain at 0.15 c/s) and leaks most
+    assert abs(m["passband_probe_frequency"] - 0.15) < 1e-12
+    im = {r["filter"]: r for r in m["image_filters"]}
+    ideal, kaiser, jinc3 = im["ideal (FFT) low-pass"], im["Kaiser sinc 13, beta 8"], im["3x3 jinc beta 1 N"]
+    assert ideal["passband_gain_at_probe"] > kaiser["passband_gain_at_probe"] > jinc3["passband_gain_at_probe"]
+    assert abs(kaiser["passband_gain_at_probe"] - 0.91) < 0.01 and abs(jinc3["passband_gain_at_probe"] - 0.78) < 0.01
+    assert max(m["jinc3_passband_gain_on_circle_range"]) < 0.8
+    assert ideal["stopband_rms_gain"] < 1e-5 < kaiser["stopband_rms_gain"] < jinc3["stopband_rms_gain"]
 
 
 def test_02_resampling_claims():
@@ -65,12 +73,36 @@ def test_02_resampling_claims():
     assert up == sorted(up, reverse=True) and up[-1] < 1e-10
     for r in m["nonlinearity_energy_above_nyquist"]:
         assert r["energy_above_nyquist"] > r["folds_at_2x"] >= r["folds_at_4x"]
+        # the proxy resolves the folding bands (3.5-4.5 at 4x): a twice finer one changes no share by 5%
+        assert r["proxy"] >= 16 and r["proxy_check"] < 0.05
+        assert abs(r["energy_above_nyquist"] - r["removed_at_2x"] - r["folds_at_2x"]) < 1e-12
+    nl = {r["activation"]: r for r in m["nonlinearity_energy_above_nyquist"]}
+    assert all(nl["relu"]["energy_above_nyquist"] > 10 * nl[a]["energy_above_nyquist"] for a in ("gelu", "silu"))
+    assert abs(nl["relu"]["folds_at_4x_8x_proxy"] / nl["relu"]["folds_at_4x"] - 1) > 0.1  # 8x is too coarse
     fa = {r["activation"]: r for r in m["filtered_activation_spsnr"]}
     for r in fa.values():
         assert r["gain_ideal_db"] > 10 and 3 < r["gain_kaiser_db"] < r["gain_ideal_db"]
     assert fa["relu"]["spsnr_ideal_4x_below_nyquist_db"] > fa["relu"]["spsnr_ideal_2x_below_nyquist_db"] + 10
     for name in ("gelu", "silu"):
         assert fa[name]["spsnr_ideal_2x_below_nyquist_db"] > 120
+    # section 4: why the cutoff sits below Nyquist. A half-band FIR filter is -6 dB at the output Nyquist whatever
+    # its length; a transition band ending at s/2 gives real stop-band attenuation (at the price of band)
+    cb = {(r["design"], r["numtaps"]): r for r in m["cutoff_below_nyquist"]}
+    for n in (13, 25, 49):
+        hb, lo = cb[("half-band", n)], cb[("below Nyquist", n)]
+        assert abs(hb["gain_at_output_nyquist_db"] + 6.02) < 0.1
+        assert abs(hb["worst_gain_in_folding_band_db"] - hb["gain_at_output_nyquist_db"]) < 0.1
+        assert lo["cutoff"] < 0.25 and abs(lo["stopband_edge"] - 0.25) < 1e-12
+        assert lo["worst_gain_in_folding_band_db"] < -37 and lo["aliased_fraction"] < hb["aliased_fraction"] / 1000
+    assert 0.4 < cb[("below Nyquist", 13)]["gain_at_top_of_signal_band"] < 0.7
+    assert cb[("below Nyquist", 25)]["gain_at_top_of_signal_band"] > 0.99
+    assert abs(cb[("below Nyquist", 13)]["cutoff"] - 0.16) < 0.01 and abs(cb[("below Nyquist", 25)]["cutoff"] - 0.2) < 0.01
+    for r in m["cutoff_below_nyquist_spsnr_db"]:
+        assert abs(r["half-band 13"] - fa[r["activation"]]["spsnr_kaiser_2x_db"]) < 0.1
+        assert abs(r["half-band 25"] - r["half-band 13"]) < 3
+        assert r["below Nyquist 13"] > r["half-band 13"] + 10 and r["below Nyquist 25"] > r["half-band 25"] + 5
+        if r["activation"] in ("gelu", "silu"):
+            assert r["below Nyquist 25"] > r["half-band 25"] + 20
 
 
 def test_03_equivariance_claims():

@@ -108,16 +108,40 @@ def test_02_resampling_claims():
 def test_03_equivariance_claims():
     m = _load("03_equivariance")
     integer = m["integer_shift_spsnr_db"]["standard"]
-    assert integer["4"] > 100 > 30 > integer["1"]
+    assert integer["4"] > 100 > 30 > max(integer["1"], integer["2"], integer["3"])
     assert m["spsnr_gap_db"] > 15 and m["min_spsnr_gap_db"] > 20
+    # the shift error is periodic, not falling with the shift: standard period = total stride, alias-free half of it
+    assert m["spsnr_period_px"] == {"standard": 4.0, "alias-free": 2.0}
+    assert all(v < 0.1 for v in m["spsnr_periodicity_max_diff_db"].values())
+    af = m["integer_shift_spsnr_db"]["alias-free"]
+    assert af["2"] > 100 > af["1"] and abs(af["1"] - af["3"]) < 0.1
     assert m["mean_abs_wobble"]["standard"] > 5 * m["mean_abs_wobble"]["alias-free"]
     eq = {r["model"]: r for r in m["eq_metrics"]}
     assert eq["alias-free"]["EQ-T_circular_db"] > eq["alias-free"]["EQ-T_db"] + 10  # the border dominates EQ-T
     assert eq["standard"]["EQ-T_db"] < eq["alias-free"]["EQ-T_db"] < eq["standard"]["EQ-T_db"] + 10
     rot = {(r["model"], r["angle"]): r["psnr_db"] for r in m["rotation_psnr"]}
-    assert rot[("alias-free jinc, D4 3x3", 90.0)] > 60 > 30 > rot[("standard, D4 3x3", 90.0)]
+    inner = {(r["model"], r["angle"]): r["psnr_inner_db"] for r in m["rotation_psnr"]}
+    d4, one = "alias-free jinc, D4 3x3", "alias-free jinc, 1x1"
+    assert rot[(d4, 90.0)] > 60 > 30 > rot[("standard, D4 3x3", 90.0)]
     for a in (10.0, 30.0, 45.0):
-        assert rot[("alias-free jinc, D4 3x3", a)] > rot[("standard, D4 3x3", a)] + 3
+        assert rot[(d4, a)] > rot[("standard, D4 3x3", a)] + 3
+        assert inner[(d4, a)] > rot[(d4, a)] + 10  # the zero-filled corners at the rim set the whole-circle value
+        assert inner[("standard, D4 3x3", a)] < rot[("standard, D4 3x3", a)] + 5  # its stride errors are everywhere
+    assert inner[(d4, 10.0)] > inner[(d4, 30.0)] > inner[(d4, 45.0)]  # D4 kernels prefer the grid's directions
+    assert max(inner[(one, a)] for a in (10.0, 30.0, 45.0)) - min(inner[(one, a)] for a in (10.0, 30.0, 45.0)) < 3
+    assert all(abs(inner[(n, 90.0)] - rot[(n, 90.0)]) < 5 for n in (d4, one))  # a quarter turn fills no corners
+    for a in (10.0, 30.0, 45.0, 90.0):
+        assert inner[(one, a)] < inner[(d4, a)]  # inside the disk the 1x1 net is below D4 at every angle
+    why = m["rotation_1x1_vs_d4"]
+    assert why["same_filters"] and why["filter_anisotropy_at_new_nyquist_db"] < 0.5
+    for name in ("D4 3x3", "1x1", "D4 centre taps only"):
+        assert abs(why[name]["rot90_psnr_db"] - why[name]["shift_1px_spsnr_db"]) < 0.1  # 90 deg = 1-px phase shift
+    assert abs(why["d4_kernel_power_vs_dc"]["0.25,0"] - 2 / 9) < 0.05  # E|H|^2 of a random D4 kernel, vs DC
+    assert abs(why["d4_kernel_power_vs_dc"]["0.25,0.25"] - 1 / 9) < 0.05
+    assert all(a > 2 * b for a, b in zip(why["1x1"]["energy_above_0.2_into_downsamplers"],
+                                         why["D4 3x3"]["energy_above_0.2_into_downsamplers"]))
+    assert why["D4 3x3"]["rot90_snr_db"] > why["1x1"]["rot90_snr_db"] + 10
+    assert why["D4 centre taps only"]["rot90_snr_db"] < why["D4 3x3"]["rot90_snr_db"] - 5
 
 
 def test_04_design_claims():

@@ -27,10 +27,22 @@ def test_00_sampling_claims():
     assert ma["sample_gap"] < 1e-9 and ma["alias_shift"] < -2 * ma["content_shift"]  # faster and backwards
     zp = m["zone_plate"]
     assert zp["corner_frequency"] < 0.5 and zp["aliased_energy_fraction"] > 0.5
-    assert zp["best_post_filter_error_fraction"] > 1.0
-    assert zp["alias_mse_inside_clean_radius"] < 0.1 * zp["alias_mse_outside"]
+    # no post-filter recovers the band-limited plate (error AND correlation), the Kaiser pre-filter does, and a
+    # flat image, which the error fraction alone would score 1, fails
+    crit = zp["recovery_criterion"]
+
+    def recovers(r):
+        return r["error_fraction"] <= crit["max_error_fraction"] and r["correlation"] >= crit["min_correlation"]
+
+    assert not any(recovers(r) for r in zp["post_filter"]) and recovers(zp["kaiser_prefilter"])
+    assert not recovers(zp["flat_image"]) and zp["flat_image"]["error_fraction"] == pytest.approx(1.0)
+    assert zp["best_post_filter_correlation"] < 0.5 and zp["best_post_filter_error_fraction"] > 1.0 - 1e-9
+    assert zp["best_post_filter_correlation"] == max(r["correlation"] for r in zp["post_filter"])
+    assert zp["alias_mse_inside_clean_square"] < 0.1 * zp["alias_mse_outside_clean_square"]
     ph = m["photo"]
     assert abs(ph["aliased_energy_fraction"] - ph["energy_outside_new_nyquist"]) < 0.02  # Parseval, roughly
+    assert ph["folded_energy"]["naive"] > 0.05 and ph["folded_energy"]["kaiser"] < ph["folded_energy"]["naive"] / 5
+    assert ph["naive_vs_filtered"]["error_fraction"] > 0.05 and ph["difference_colour_scale"] < 0.5
     st = m["staircase"]["shift_consistency_psnr_db"]
     assert st["band-limited"] > 100 > st["area"] + 40 and st["area"] > st["point"] + 5
     assert abs(m["staircase"]["box_gain_at_nyquist"] - 0.6366) < 0.02
@@ -161,3 +173,24 @@ def test_04_design_claims():
     assert b["kaiser"]["reach_px"] <= 12 and b["ideal"]["reach_px"] >= m["size"] // 2 - 1
     assert b["kaiser"]["psnr_at_border_db"] < b["kaiser"]["psnr_centre_zero_db"] - 10
     assert m["layer4_down_filter_gain_at_output_nyquist_db"] < -20
+    # StyleGAN3's even-length filter: symmetric, centred between taps (half-sample convention), zero at its Nyquist
+    lf = m["layer4_down_filter"]
+    assert lf["even"] and lf["numtaps"] % 2 == 0 and lf["centre_expected"] == (lf["numtaps"] - 1) / 2
+    assert lf["symmetry_gap"] < 1e-15 and abs(lf["centre_of_mass"] - lf["centre_expected"]) < 1e-9
+    assert lf["delay_gap"] < 1e-12 and lf["gain_at_own_nyquist"] < 1e-12
+    # border plot: the drawn curves fit the axis, the exact one is marked off scale far above it
+    plot = b["plot"]
+    lo, hi = plot["ylim_db"]
+    assert lo < plot["finite_range_db"][0] and plot["finite_range_db"][1] < hi < plot["exact_threshold_db"]
+    assert "ideal, circular, circular shifts" in plot["off_scale_min_db"] and hi - lo < 60
+    assert all(v > hi + 50 for v in plot["off_scale_min_db"].values())
+    # multiply-adds per output pixel of a rate-keeping filtered nonlinearity
+    mac = {(r["factor"], r["filter"]): r for r in m["layer_macs_per_output_pixel"]}
+    for (u, kind), r in mac.items():
+        n = r["numtaps"]
+        assert n == 6 * u + 1 and r["activations"] == u * u
+        assert r["total_macs"] == r["up_macs"] + r["down_macs"]
+        assert r["total_macs"] == (2 * n * (u + 1) if kind == "separable" else 2 * n * n)
+    assert mac[(2, "separable")]["total_macs"] == 78  # notebook 05's 6n at 13 taps
+    assert mac[(4, "separable")]["total_macs"] > 3 * mac[(2, "separable")]["total_macs"]
+    assert mac[(2, "radial")]["total_macs"] > 3 * mac[(2, "separable")]["total_macs"]

@@ -169,7 +169,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebook")
     parser.add_argument("--params", default="base", help="comma-separated sections or section.key names")
-    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="NAME=VALUE",
                         help="extra notebook parameters (a foreach/matrix item), values parsed as YAML")
     parser.add_argument("--output", default=None, help="default: reports/<notebook name>.ipynb")
     args = parser.parse_args(argv)

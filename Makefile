@@ -7,17 +7,17 @@ PROFILE ?= cpu
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install repro test lab bench bench-train exercises profile clean-venv check-claims claims smoke smoke-gpu
+.PHONY: install repro test lab book bench bench-train exercises profile clean-venv check-claims claims smoke smoke-gpu
 
 install: $(STAMP)
 
 # torch is pinned to 2.13.0 and installed first so that no other package pulls a different build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml workbook/kernel.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (alias-free workbook)"
+	$(BIN)/python -m workbook.kernel
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp .jupyter-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $@
@@ -28,11 +28,17 @@ repro: install
 test: install
 	python -m pytest -q
 
+# Lab's root is the repository (so student/ opens too); the kernel runs in the root whichever folder the notebook is in
 lab: install
-	jupyter lab notebooks
+	jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/00_sampling_and_aliasing.py
 
 bench: install
 	python -m workbook.bench
+
+# the course site: the executed theory notebooks (reports/, from make repro) and docs/course.md as a static HTML book
+book: install
+	python -m workbook.book
+	@echo "open build/book/html/index.html"
 
 exercises: install
 	python -m workbook.exercises notebooks student

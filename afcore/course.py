@@ -15,6 +15,98 @@ import torch
 from afcore import metrics, signal
 
 
+# ----------------------------------------------------------------------------------------------- photographs
+# scikit-image's bundled photographs that load without a network: the choices of the notebooks' ``image`` parameter
+PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "page",
+          "rocket", "text")
+
+
+def gray_photo(name: str, min_side: int = 0) -> np.ndarray:
+    """``skimage.data.<name>()`` as a float64 grey image in [0, 1]: colour photographs through ``rgb2gray``, 8-bit
+    grey ones divided by 255 (a colour photo must not reach a 2-D filter as a 3-D array). ``min_side``: the crop the
+    caller takes; a smaller photograph is refused with the ones that are large enough."""
+    import skimage.color
+    import skimage.data
+
+    if name not in PHOTOS:
+        raise ValueError(f"image: unknown photograph {name!r}; allowed: {list(PHOTOS)}")
+    photo = getattr(skimage.data, name)()
+    if min(photo.shape[:2]) < min_side:
+        big = [n for n in PHOTOS if min(getattr(skimage.data, n)().shape[:2]) >= min_side]
+        raise ValueError(f"image: {name!r} is {photo.shape[0]}x{photo.shape[1]} pixels, smaller than the {min_side}-pixel "
+                         f"crop taken here; photographs large enough: {big}")
+    if photo.ndim == 3:
+        return skimage.color.rgb2gray(photo[..., :3]).astype(np.float64)
+    return photo / 255.0
+
+
+# ----------------------------------------------------------------------------------------------- display
+def pixel_grid(rows: int, cols: int, panel_px: int, dpi: int = 110, left: int = 70, right: int = 95,
+               bottom: int = 60, top: int = 50, wgap: int = 150, hgap: int = 95):
+    """A matplotlib figure of ``rows x cols`` square axes that are each exactly ``panel_px`` device pixels wide and
+    high at ``dpi``, at whole-pixel offsets (margins and gaps in pixels, room for labels and a colour bar).
+
+    An image of ``n`` pixels shown in such a panel with ``interpolation="nearest"`` is enlarged by the integer
+    ``panel_px / n`` when that divides: every image pixel becomes the same block of screen pixels. At a
+    non-integer scale the display itself resamples the image and adds a moiré of its own, which a lesson on
+    aliasing cannot afford. Save the figure with the same ``dpi``. Returns ``(fig, axes)``, axes as a 2-D array."""
+    import matplotlib.pyplot as plt
+
+    width = left + cols * panel_px + (cols - 1) * wgap + right
+    height = bottom + rows * panel_px + (rows - 1) * hgap + top
+    fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    axes = np.empty((rows, cols), dtype=object)
+    for r in range(rows):
+        for c in range(cols):
+            x0 = left + c * (panel_px + wgap)
+            y0 = bottom + (rows - 1 - r) * (panel_px + hgap)
+            axes[r, c] = fig.add_axes((x0 / width, y0 / height, panel_px / width, panel_px / height))
+    return fig, axes
+
+
+def colorbar_beside(fig, ax, mappable, gap_px: int = 8, width_px: int = 12):
+    """A colour bar ``width_px`` wide, ``gap_px`` to the right of ``ax`` and as high as it (``pixel_grid`` panels
+    keep their exact size; ``fig.colorbar(ax=...)`` would shrink them)."""
+    fw, fh = fig.get_size_inches() * fig.dpi
+    b = ax.get_position()
+    cax = fig.add_axes((b.x1 + gap_px / fw, b.y0, width_px / fw, b.height))
+    return fig.colorbar(mappable, cax=cax)
+
+
+# ----------------------------------------------------------------------------------------------- comparisons
+def _energy(x: torch.Tensor) -> float:
+    x = x.to(torch.float64)
+    return float((x - x.mean()).pow(2).mean())
+
+
+def match_reference(x: torch.Tensor, ref: torch.Tensor) -> dict:
+    """How well ``x`` reproduces a reference image: ``error_fraction`` = energy of ``x - ref`` over the energy of
+    ``ref`` (energies about the mean) and ``correlation`` = Pearson correlation of ``x`` with ``ref`` (0 when
+    either is constant).
+
+    Neither number alone is a fair score of an attempt to remove aliasing: a flat grey image has error fraction
+    exactly 1 (it loses the reference's whole energy but adds none), and a filter that blurs everything away drifts
+    towards that value from above. ``recovers`` therefore asks for both a small error and a high correlation."""
+    xd = x.to(torch.float64) - x.to(torch.float64).mean()
+    rd = ref.to(torch.float64) - ref.to(torch.float64).mean()
+    ref_energy = float(rd.pow(2).mean())
+    if ref_energy <= 1e-24 * float(ref.to(torch.float64).pow(2).mean()):  # constant up to rounding
+        raise ValueError("the reference is constant: there is nothing to match")
+    flat = float(xd.pow(2).mean()) <= 1e-24 * ref_energy  # constant up to the rounding of its mean
+    denom = float(xd.pow(2).sum().sqrt() * rd.pow(2).sum().sqrt())
+    return {"error_fraction": _energy(x.to(torch.float64) - ref.to(torch.float64)) / ref_energy,
+            "correlation": 0.0 if flat else float((xd * rd).sum()) / denom}
+
+
+def recovers(x: torch.Tensor, ref: torch.Tensor, max_error_fraction: float = 0.25,
+             min_correlation: float = 0.9) -> bool:
+    """True when ``x`` matches the reference closely (``match_reference``): error fraction at most
+    ``max_error_fraction`` AND correlation at least ``min_correlation``. A flat image (error 1, correlation 0)
+    always fails."""
+    m = match_reference(x, ref)
+    return m["error_fraction"] <= max_error_fraction and m["correlation"] >= min_correlation
+
+
 # ----------------------------------------------------------------------------------------------- folding
 def fold(f, fs: float = 1.0):
     """Alias of frequency ``f`` sampled at rate ``fs``: the frequency in ``[0, fs/2]`` the samples show."""
@@ -165,6 +257,39 @@ def polyphase_upsample(x: torch.Tensor, taps: torch.Tensor, factor: int, dim: in
     return out.movedim(-1, dim)
 
 
+# ----------------------------------------------------------------------------------------------- cost
+def phase_taps(numtaps: int, factor: int) -> list[int]:
+    """Up-sampling by zero insertion: how many of a ``numtaps`` filter's taps meet a real (not inserted-zero) sample
+    for each of the ``factor`` output phases, counted tap by tap. Only those taps cost a multiply-add (polyphase);
+    the phases together use every tap once."""
+    if not isinstance(factor, int) or factor < 1 or not isinstance(numtaps, int) or numtaps < 1:
+        raise ValueError(f"numtaps and factor must be positive ints, got {numtaps!r}, {factor!r}")
+    centre = numtaps // 2
+    # output i = sum_k h[k] z[i + centre - k]; z is non-zero only at multiples of factor
+    return [sum(1 for k in range(numtaps) if (p + centre - k) % factor == 0) for p in range(factor)]
+
+
+def alias_free_layer_macs(factor: int, numtaps: int, radial: bool = False) -> dict:
+    """Work per output pixel of a filtered nonlinearity that keeps the sampling rate (up-sample by ``factor``,
+    activation at the high rate, low-pass and keep every ``factor``-th sample), with ``numtaps`` filters used
+    separably (rows then columns) or as one radial ``numtaps x numtaps`` kernel, computing only what is needed:
+    up-sampling polyphase (no multiplications by inserted zeros) and down-sampling only at the kept samples.
+
+    Counted from the phases (``phase_taps``): up, separable: the row pass makes ``factor`` outputs per input pixel,
+    the column pass ``factor**2``; down, separable: the row pass is needed on ``factor`` high-rate rows per kept
+    output, the column pass once. Returns ``up_macs``, ``activations``, ``down_macs``, ``total_macs``."""
+    per_phase = phase_taps(numtaps, factor)
+    one_output_each_phase = sum(per_phase)  # taps used by one output of every phase
+    if radial:
+        up = sum(a * b for a in per_phase for b in per_phase)  # factor**2 output phases, 2-D taps each
+        down = numtaps * numtaps  # one kept output, the whole kernel
+    else:
+        up = one_output_each_phase + factor * one_output_each_phase  # rows: factor outputs; columns: factor**2
+        down = factor * numtaps + numtaps  # rows: factor high-rate rows per kept output; columns: one
+    return {"factor": factor, "numtaps": numtaps, "filter": "radial" if radial else "separable", "up_macs": up,
+            "activations": factor * factor, "down_macs": down, "total_macs": up + down}
+
+
 # ----------------------------------------------------------------------------------------------- borders
 def error_by_border_distance(err: torch.Tensor, mask: torch.Tensor | None = None):
     """Mean of a per-pixel error map (``(..., H, W)``, averaged over leading dims) against the distance (pixels)
@@ -196,6 +321,7 @@ def db_from_mse(mse, peak: float = metrics.PEAK):
     return 20 * math.log10(peak) - 10 * np.log10(np.maximum(np.asarray(mse, dtype=np.float64), 1e-20))
 
 
-__all__ = ["fold", "stylegan3_schedule", "stylegan3_filter", "dtft", "aliased_fraction", "response_on_circle",
-           "anisotropy_db", "rotation_psnr", "rotation_pair", "polyphase_upsample", "error_by_border_distance",
+__all__ = ["pixel_grid", "colorbar_beside", "match_reference", "recovers", "fold", "stylegan3_schedule",
+           "stylegan3_filter", "dtft", "aliased_fraction", "response_on_circle", "anisotropy_db", "rotation_psnr",
+           "rotation_pair", "polyphase_upsample", "phase_taps", "alias_free_layer_macs", "error_by_border_distance",
            "border_distance_sums", "db_from_mse"]

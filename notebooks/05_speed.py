@@ -212,7 +212,7 @@ for r in fused:
                       "ratio_to_plain": r["fwd_ratio_to_plain"], "share": {k: v / total for k, v in parts.items()},
                       "limit_ratio_to_plain": r["memory_bound_limit_ms"] / silu_rows[shape]["fwd_ms"],
                       "fraction_of_memory_bound_limit": r["fraction_of_memory_bound_limit"]})
-fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 3.8))
+fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
 xs = np.arange(len(fused))
 bottom = np.zeros(len(fused))
 for part, colour in (("up", "C0"), ("silu_at_x2", "C1"), ("down", "C2")):
@@ -222,7 +222,7 @@ for part, colour in (("up", "C0"), ("silu_at_x2", "C1"), ("down", "C2")):
 ax.set_xticks(xs, labels, fontsize=6, rotation=30)
 ax.set_ylabel("share of the parts' time")
 ax.set_title("Where the forward time goes")
-ax.legend(fontsize=7)
+ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below the axes: no bar hidden
 bx.bar(xs, [b["ratio_to_plain"] for b in breakdown], color="k", alpha=0.7, label="fast filtered SiLU (fwd)")
 bx.plot(xs, [b["limit_ratio_to_plain"] for b in breakdown], "m_", ms=20, mew=2,
         label="memory-bound limit (read + write x once)")
@@ -232,7 +232,7 @@ bx.set_yscale("log")
 bx.set_xticks(xs, labels, fontsize=6, rotation=30)
 bx.set_ylabel("time / plain SiLU")
 bx.set_title("Against the plain SiLU")
-bx.legend(fontsize=7)
+bx.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.3))
 fig.suptitle(f"Fast filtered SiLU (bench stage: {bench['device']}, {bench['threads']} thread(s), {bench['date']})")
 fig.tight_layout()
 save_figure(fig, f"{FIG}/filtered_silu_parts.png")

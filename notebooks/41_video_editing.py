@@ -141,7 +141,8 @@ plt.show()
 # %% [markdown]
 # ## Your own clip
 #
-# Set `video_clip` to a video file (anything OpenCV reads), a GIF or a folder of frames: the clip is centre-cropped,
+# Put a video file (anything OpenCV reads), a GIF or a folder of frames in `clips/` and set `video_clip` to its path
+# (`clips/...`: the folder is a DVC dependency of the stage, so a changed clip re-runs it). The clip is centre-cropped,
 # resized to `video_frame_size` and cut to `video_frames` frames (`afcore.flow.read_video`), its flows are estimated
 # with OpenCV's Farneback method (`afcore.flow.farneback_flow`, forward and backward between neighbours), and both
 # models edit it with CFA as above. Without ground truth the warping error uses the estimated flows and an

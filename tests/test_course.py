@@ -135,3 +135,47 @@ def test_rotation_and_border_helpers_build_their_masks_on_the_input_device():
 
     assert float(metrics.psnr(a * mask, b * mask, mask)) == course.rotation_psnr(lambda t: signal.ideal_lowpass(t, 0.5),
                                                                                  xc, 30.0)
+
+
+def test_a_flat_image_never_recovers_a_reference():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(32, 32, generator=g, dtype=torch.float64)
+    flat = torch.full_like(ref, 0.3)
+    m = course.match_reference(flat, ref)
+    # the error fraction alone scores a flat image 1: the criterion must also demand correlation
+    assert m["error_fraction"] == pytest.approx(1.0) and m["correlation"] == 0.0
+    assert not course.recovers(flat, ref) and not course.recovers(flat, ref, max_error_fraction=1.0)
+    assert not course.recovers(0.01 * ref, ref)  # perfectly correlated but nearly flat: the error test fails
+    assert course.recovers(ref + 0.1 * torch.randn(32, 32, generator=g, dtype=torch.float64), ref)
+    with pytest.raises(ValueError, match="constant"):
+        course.match_reference(ref, flat)
+
+
+def test_phase_taps_and_alias_free_layer_macs():
+    for n, f in ((13, 2), (25, 4), (12, 2), (7, 3)):
+        per = course.phase_taps(n, f)
+        assert len(per) == f and sum(per) == n and max(per) - min(per) <= 1
+    # notebook 05's count: a x2 filtered activation with separable n-tap filters costs 3n + 3n per pixel
+    m = course.alias_free_layer_macs(2, 13)
+    assert (m["up_macs"], m["down_macs"], m["activations"]) == (39, 39, 4)
+    for f, n in ((2, 13), (4, 25)):
+        sep, rad = course.alias_free_layer_macs(f, n), course.alias_free_layer_macs(f, n, radial=True)
+        assert sep["total_macs"] == 2 * n * (f + 1) and rad["total_macs"] == 2 * n * n
+        assert sep["activations"] == rad["activations"] == f * f
+
+
+def test_pixel_grid_panels_are_whole_pixels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = course.pixel_grid(2, 3, 64, dpi=100)
+    fig.canvas.draw()
+    for ax in axes.flat:
+        b = ax.get_window_extent()
+        assert b.width == pytest.approx(64) and b.height == pytest.approx(64)
+        assert b.x0 == pytest.approx(round(b.x0)) and b.y0 == pytest.approx(round(b.y0))
+    cb = course.colorbar_beside(fig, axes[0, 0], axes[0, 0].imshow(np.zeros((4, 4))))
+    assert cb.ax.get_window_extent().height == pytest.approx(64)
+    plt.close(fig)

@@ -4,7 +4,9 @@ Never touches the user's params.yaml: the copy gets its own, written by `python 
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import pytest
 import yaml
@@ -37,6 +39,14 @@ def test_every_stage_runs_and_writes_its_outputs(smoke_repo):
     assert metrics, "no metrics written"
     for m in metrics:
         _assert_finite_numbers(json.loads(m.read_text()), m.name)
+    # outputs are readable by others (the umask's mode, not a temporary file's private 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    readable = 0o044 & ~mask
+    for folder in ("data", "metrics", "figures", "reports"):
+        for f in (root / folder).rglob("*"):
+            if f.is_file():
+                assert f.stat().st_mode & readable == readable, f"{f.relative_to(root)}: mode {f.stat().st_mode:o}"
     # the smoke run must not have edited the user's params.yaml
     assert "profile: cpu" in (REPO_ROOT / "params.yaml").read_text()
 
@@ -76,3 +86,20 @@ def test_metrics_and_plots_show(smoke_repo):
     assert shown
     plots = smoke.run_checked(["dvc", "plots", "show", "-o", str(root / "plots_out")], root, env)
     assert (root / "plots_out" / "index.html").exists(), plots.stdout
+
+
+def test_rerunning_the_data_stage_leaves_everything_downstream_up_to_date(smoke_repo):
+    """The data stage writes the same bytes for the same data (a .pt file's archive does not carry a temporary
+    file's name; PNG and JSON are deterministic), so forcing it again makes no other stage stale."""
+    root, env, _ = smoke_repo
+
+    def digests():
+        files = [*(root / "data").glob("*.pt"), root / "metrics" / "10_data.json", *(root / "figures").glob("10_*/*")]
+        return {f.relative_to(root): hashlib.md5(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+
+    before = digests()
+    assert any(str(f).endswith(".pt") for f in before)
+    smoke.run_checked(["dvc", "repro", "--force", "--single-item", "data"], root, env)
+    assert digests() == before
+    status = smoke.run_checked(["dvc", "status"], root, env).stdout
+    assert "up to date" in status, status

@@ -5,7 +5,9 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import skimage.data
 import yaml
 
 from workbook import params as P
@@ -100,6 +102,38 @@ def test_params_validation_names_the_bad_key(tmp_path):
         P.load(path)
     with pytest.raises(P.ParamsError, match="unknown profile"):
         P.build("laptop")
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("filters.cutoff", 1.2, r"a number in \(0, 1\)"),
+    ("filters.image", "lena", "one of .*astronaut"),
+    ("sampling.decimation", 1, "integer >= 2"),
+    ("design.numtaps", 12, "odd integer"),
+    ("speed.sizes", [16, 0], "non-empty list"),
+    ("resampling.activations", ["relu", "swish"], "one of"),
+])
+def test_theory_parameters_out_of_range_are_named_before_any_work(key, value, allowed):
+    """Every profile passes the range table; a value outside it stops with its key and the allowed range."""
+    for profile in P.PROFILES:
+        P.validate(P.build(profile))
+    bad = P.build("cpu")
+    section, name = key.split(".")
+    bad[section][name] = value
+    with pytest.raises(P.ParamsError, match=rf"{re.escape(key)}: .* out of range; allowed: .*{allowed}"):
+        P.validate(bad)
+
+
+def test_a_colour_or_small_photograph_reaches_the_notebooks_as_a_grey_image_or_a_clear_error():
+    """filters.image: astronaut (a colour photo) used to reach a 2-D filter as a 3-D array."""
+    from afcore import course
+
+    gray = course.gray_photo("astronaut")
+    assert gray.shape == (512, 512) and gray.dtype == np.float64 and 0 <= gray.min() and gray.max() <= 1
+    assert np.allclose(course.gray_photo("camera") * 255, skimage.data.camera())
+    with pytest.raises(ValueError, match=r"'page' is 191x384 pixels, smaller than the 256-pixel crop.*'brick'"):
+        course.gray_photo("page", min_side=256)
+    with pytest.raises(ValueError, match="image: unknown photograph 'lena'"):
+        course.gray_photo("lena")
 
 
 def test_stage_parameters_rejects_unknown_sections():

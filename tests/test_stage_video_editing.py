@@ -88,6 +88,19 @@ def test_bad_config_names_the_key(smoke_params, key, value):
 
 
 def test_missing_clip_names_the_parameter(smoke_params, tmp_path):
-    cfg = VE.Config.from_params(smoke_params, video_clip="no/such/clip.mp4")
+    for outside in ("no/such/clip.mp4", "/tmp/clip.mp4", "clips/../data/mnist.pt", "clips"):
+        with pytest.raises(ConfigError, match="video_clip.*inside clips/"):
+            VE.Config.from_params(smoke_params, video_clip=outside)
+    cfg = VE.Config.from_params(smoke_params, video_clip="clips/no_such_clip.mp4")
     with pytest.raises(ConfigError, match="video_clip"):
         VE.user_clip(cfg, None, None, tmp_path)
+
+
+def test_the_clips_folder_is_a_declared_dependency_of_the_stage():
+    """A user's clip must be something DVC watches: replacing it has to re-run the stage, not report old numbers."""
+    import yaml
+
+    from afcore.utils import REPO_ROOT
+
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["video_editing"]
+    assert VE.CLIPS in stage["deps"] and (REPO_ROOT / VE.CLIPS).is_dir()

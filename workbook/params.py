@@ -112,8 +112,93 @@ def _check(value, default, where: str) -> None:
         )
 
 
+def _int(lo, hi=None, odd=False, even=False):
+    def ok(v):
+        return (isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+                and (not odd or v % 2 == 1) and (not even or v % 2 == 0))
+    kind = " odd" if odd else " even" if even else ""
+    return ok, f"an{kind} integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+
+
+def _real(lo, hi, lo_open=False, hi_open=False):
+    def ok(v):
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if lo_open else v >= lo)
+                and (v < hi if hi_open else v <= hi))
+    return ok, f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _each(rule):
+    ok, what = rule
+    return (lambda v: isinstance(v, list) and len(v) > 0 and all(ok(x) for x in v)), f"a non-empty list of {what}s"
+
+
+def _one_of(*allowed):
+    return (lambda v: v in allowed), f"one of {list(allowed)}"
+
+
+def _photo():
+    from afcore.course import PHOTOS
+    return _one_of(*PHOTOS)
+
+
+INF = float("inf")
+# Ranges of the theory notebooks' parameters (the model stages check theirs in their Config, afcore.stages): checked
+# before any work starts, so a bad value stops with its key instead of deep inside a notebook.
+RANGES = {
+    "sampling.sample_rate": _real(0, INF, lo_open=True),
+    "sampling.frequencies": _each(_real(0, INF, lo_open=True)),
+    "sampling.zone_plate_size": _int(16),
+    "sampling.zone_plate_max_freq": _real(0, 0.5, lo_open=True),
+    "sampling.decimation": _int(2),
+    "sampling.image": _photo,
+    "filters.numtaps_list": _each(_int(1)),
+    "filters.betas": _each(_real(0, 50)),
+    "filters.cutoff": _real(0, 1, lo_open=True, hi_open=True),
+    "filters.response_points": _int(16),
+    "filters.image": _photo,
+    "resampling.size": _int(16, even=True),
+    "resampling.image": _photo,
+    "resampling.signal_cutoff": _real(0, 1, lo_open=True),
+    "resampling.activations": _each(_one_of("relu", "gelu", "silu")),
+    "resampling.kaiser_numtaps": _int(3, odd=True),
+    "resampling.kaiser_beta": _real(0, 50),
+    "equivariance.size": _int(16, even=True),
+    "equivariance.channels": _int(1),
+    "equivariance.shift_steps": _int(1),
+    "equivariance.gif_frames": _int(2),
+    "equivariance.n_eq_samples": _int(1),
+    "equivariance.angles": _each(_real(-360, 360)),
+    "equivariance.kaiser_numtaps": _int(3, odd=True),
+    "equivariance.image": _photo,
+    "design.img_resolution": _int(16),
+    "design.num_layers": _int(4),
+    "design.size": _int(16, even=True),
+    "design.numtaps": _int(3, odd=True),
+    "design.channels": _int(1),
+    "speed.sizes": _each(_int(8)),
+    "speed.channels": _int(1),
+    "speed.elements": _int(1),
+    "speed.numtaps": _int(3, odd=True),
+    "speed.rounds": _int(1),
+    "speed.threads": _int(1),
+    "speed.bench_rounds": _int(1),
+}
+
+
+def check_ranges(params: dict) -> None:
+    """Raise ParamsError naming the first theory parameter outside its range (see ``RANGES``)."""
+    for key, rule in RANGES.items():
+        section, name = key.split(".")
+        if section not in params or name not in params[section]:
+            continue
+        ok, allowed = rule() if callable(rule) and not isinstance(rule, tuple) else rule
+        value = params[section][name]
+        if not ok(value):
+            raise ParamsError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+
+
 def validate(params: dict, root: Path = REPO_ROOT) -> dict:
-    """Raise ParamsError naming the first unknown, missing or mistyped key."""
+    """Raise ParamsError naming the first unknown, missing, mistyped or out-of-range key."""
     spec = schema(root)
     for section in params:
         if section not in spec:
@@ -126,6 +211,7 @@ def validate(params: dict, root: Path = REPO_ROOT) -> dict:
     if device is not None and device not in ("auto", "cpu", "cuda") and not (
             device.startswith("cuda:") and device[5:].isdigit()):
         raise ParamsError(f"base.device: expected one of ['auto', 'cpu', 'cuda', 'cuda:N'], got {device!r}")
+    check_ranges(params)
     return params
 
 

@@ -87,6 +87,34 @@ def set_parameters(pairs) -> dict:
     return out
 
 
+class TeachingClaimError(RuntimeError):
+    """A notebook's "what to notice" assertion failed for the given parameters."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failed_claim(executed: str | Path) -> str | None:
+    """The failing ``assert`` line of an executed notebook whose run stopped on an AssertionError, else None."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # papermill stopped before writing a notebook
+        return None
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") != "error":
+                continue
+            if out.get("ename") != "AssertionError":
+                return None
+            lines = [_ANSI.sub("", line) for tb in out.get("traceback", []) for line in tb.splitlines()]
+            marked = [line.split("---->", 1)[1] for line in lines if "---->" in line]
+            text = re.sub(r"^\s*\d+\s*", "", marked[-1]).strip() if marked else "assert ..."
+            return f"{text}  ({out.get('evalue') or 'no message'})" if out.get("evalue") else text
+    return None
+
+
 def run_notebook(notebook: str | Path, parameters: dict, output: str | Path, cwd: Path = REPO_ROOT) -> Path:
     notebook, output = Path(notebook), Path(output)
     declared = parameter_names(notebook)
@@ -117,7 +145,17 @@ def run_notebook(notebook: str | Path, parameters: dict, output: str | Path, cwd
         if convert.wait() != 0:
             raise RuntimeError(f"jupytext could not convert {notebook}")
         if execute.returncode != 0:
+            claim = failed_claim(tmp)
+            if claim is not None:
+                raise TeachingClaimError(
+                    f"{notebook}: a teaching claim failed, not a parameter check. The assertion below checks that the "
+                    f"text's 'what to notice' holds for the computed numbers; with the parameters {parameters} they no "
+                    f"longer support it (the values were accepted: the notebook's prose describes other values).\n"
+                    f"    {claim}")
             raise RuntimeError(f"papermill failed on {notebook} (see the cell error above)")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's file is private (0600); a report is not
         os.replace(tmp, output)
     finally:
         for f in (tmp, pfile):
@@ -131,7 +169,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebook")
     parser.add_argument("--params", default="base", help="comma-separated sections or section.key names")
-    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="NAME=VALUE",
                         help="extra notebook parameters (a foreach/matrix item), values parsed as YAML")
     parser.add_argument("--output", default=None, help="default: reports/<notebook name>.ipynb")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ loss's timesteps, noise and shift), the interpolation's hole fill from ``seed + 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +31,7 @@ from afcore.utils import save_csv, save_gif, save_json, seed_everything
 
 NAME = "41_video_editing"
 FIG = f"figures/{NAME}"
+CLIPS = "clips"  # your own clips live here: a declared DVC dependency of the stage
 # model name -> (VAE checkpoint, af_ldm U-Net checkpoint)
 MODELS = {"standard LDM": ("vanilla", "ldm_vanilla_vae"), "AF-LDM": ("af_vae", "af_ldm")}
 # synthetic videos cycle through these motions
@@ -77,6 +78,11 @@ class Config(StageConfig):
         def bad(key, allowed):
             raise ConfigError(f"video.{key} must be {allowed}, got {getattr(self, key)!r}")
 
+        clip = PurePosixPath(self.video_clip)
+        if self.video_clip not in ("", "demo") and (clip.is_absolute() or clip.parts[:1] != (CLIPS,)
+                                                     or ".." in clip.parts or len(clip.parts) < 2):
+            bad("video_clip", f"'demo', '' (skip) or a path inside {CLIPS}/ (the folder is a DVC dependency of the "
+                              "stage, so a new or changed clip re-runs it)")
         if self.video_frame_size < 8 or self.video_frame_size % 8:
             bad("video_frame_size", "a multiple of 8, >= 8 (VAE x4 and U-Net x2 strides)")
         if self.video_finetune_steps < 0:
@@ -290,7 +296,7 @@ def user_clip(cfg: Config, models: Models, vids: Videos, root) -> tuple[dict | N
         clip_path = Path(root) / cfg.video_clip
         if not clip_path.exists():
             raise ConfigError(f"video.video_clip={cfg.video_clip!r}: {clip_path} does not exist (a video file, GIF "
-                              "or folder of frames; 'demo' or '' to skip)")
+                              f"or folder of frames inside {CLIPS}/; 'demo' or '' to skip)")
     S, f = cfg.video_frame_size, models.factor
     clip = FL.read_video(str(clip_path), size=S, max_frames=cfg.video_frames)
     if len(clip) < 2:

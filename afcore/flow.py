@@ -375,9 +375,21 @@ def _cv2(what: str):
     return cv2
 
 
+def _rgb8(a: np.ndarray, where: str) -> np.ndarray:
+    """An 8-bit frame as (H, W, 3): grey frames repeated over three channels, an alpha channel dropped."""
+    if a.dtype != np.uint8:
+        raise ValueError(f"{where}: {a.dtype} pixels; read_video takes 8-bit frames (convert the clip to 8 bit)")
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
+        return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a[..., :3]
+    raise ValueError(f"{where}: an array of shape {a.shape} is not an image (expected H x W, or H x W x 1/3/4)")
+
+
 def read_video(path: str, size: int | None = None, max_frames: int | None = None) -> torch.Tensor:
     """Frames (T, 3, H, W) in [-1, 1] of a video file (OpenCV; GIFs and image folders also through imageio),
-    centre-cropped to a square and area-resized to ``size`` when given."""
+    centre-cropped to a square and area-resized to ``size`` when given. Grey frames become three equal channels;
+    frames of different sizes, or not 8-bit, are refused with the offending frame named."""
     from pathlib import Path
 
     p = Path(path)
@@ -389,8 +401,12 @@ def read_video(path: str, size: int | None = None, max_frames: int | None = None
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")) if p.is_dir() \
             else None
         reader = (imageio.imread(f) for f in files) if files is not None else imageio.mimread(p)
-        for a in reader:
-            frames.append(np.asarray(a)[..., :3])
+        for j, a in enumerate(reader):
+            frames.append(_rgb8(np.asarray(a), f"{path!r} frame {files[j].name if files else j}"))
+            if frames[-1].shape != frames[0].shape:
+                raise ValueError(f"{path!r}: frame {files[j].name if files else j} is {frames[-1].shape[0]}x"
+                                 f"{frames[-1].shape[1]} pixels but the first is {frames[0].shape[0]}x"
+                                 f"{frames[0].shape[1]}: all frames of a clip must have one size")
             if max_frames and len(frames) >= max_frames:
                 break
     else:

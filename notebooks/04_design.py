@@ -166,7 +166,7 @@ print(f"non-critical layers: f_t <= s/2 in all {len(noncrit)}; f_c / (s/2) from 
 
 # %%
 n_down = lay["down_taps"]
-k_ = torch.arange(n_down, dtype=torch.float64)
+k_ = torch.arange(n_down, dtype=torch.float64, device="cpu")  # analysed with numpy: host side
 f_probe = lay["cutoff"] / fs / 2  # cycles/sample at the filter's own rate, well inside its pass-band
 x_probe = np.cos(2 * np.pi * f_probe * np.arange(200))
 y_probe = np.convolve(x_probe, down.numpy(), mode="valid")  # y[i] = sum_j h[j] x[i + n - 1 - j]

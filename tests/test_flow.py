@@ -5,6 +5,7 @@ import math
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +176,28 @@ def test_farneback_recovers_a_pan_and_says_what_to_install_without_opencv(monkey
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
     with pytest.raises(ImportError, match="opencv-python-headless"):
         FL.farneback_flow(torch.zeros(2, 3, 8, 8))
+
+
+def test_read_video_takes_grey_frame_folders_and_names_a_frame_of_another_size(tmp_path):
+    """A folder of grey PNGs used to fail deep inside torch (permute of a 3-D array), mixed sizes inside numpy."""
+    import imageio.v2 as imageio
+
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    frames = [rng.integers(0, 256, (20, 24), dtype=np.uint8) for _ in range(3)]
+    for j, f in enumerate(frames):
+        imageio.imwrite(grey / f"{j:03d}.png", f)
+    v = FL.read_video(str(grey))
+    assert v.shape == (3, 3, 20, 20)
+    assert torch.equal(v[:, 0], v[:, 1]) and torch.equal(v[:, 1], v[:, 2])
+    expected = torch.from_numpy(frames[1][:, 2:22].astype(np.float32)) / 255 * 2 - 1
+    torch.testing.assert_close(v[1, 0], expected, atol=1e-6, rtol=0)
+    imageio.imwrite(grey / "003.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"frame 003.png is 16x16 pixels but the first is 20x24"):
+        FL.read_video(str(grey))
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    imageio.imwrite(deep / "0.png", np.zeros((8, 8), dtype=np.uint16))
+    with pytest.raises(ValueError, match="uint16 pixels.*8-bit"):
+        FL.read_video(str(deep))

@@ -11,14 +11,12 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
-# torch is pinned to 2.13.0 and installed first so that no other package pulls a different build. --no-compile: the
-# byte code of the few modules actually imported is written on first import, instead of all of them at install time
-# (about 50 s less on a 2-core machine).
+# torch is pinned to 2.13.0 and installed first so that no other package pulls a different build.
 $(STAMP): pyproject.toml workbook/kernel.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile torch==2.13.0
-	$(BIN)/python -m pip install -q --no-compile -e .
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e .
 	$(BIN)/python -m workbook.kernel
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp .jupyter-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json

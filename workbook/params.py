@@ -191,7 +191,7 @@ def check_ranges(params: dict) -> None:
         section, name = key.split(".")
         if section not in params or name not in params[section]:
             continue
-        ok, allowed = rule() if callable(rule) and not isinstance(rule, tuple) else rule
+        ok, allowed = rule() if callable(rule) else rule  # _photo is built lazily (it imports afcore.course)
         value = params[section][name]
         if not ok(value):
             raise ParamsError(f"{key}: {value!r} is out of range; allowed: {allowed}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from workbook import params as params_mod
-from afcore.utils import REPO_ROOT
+from afcore.utils import REPO_ROOT, _umask
 
 _CELL = re.compile(r"^# %%(.*)$", re.M)
 
@@ -153,9 +153,7 @@ def run_notebook(notebook: str | Path, parameters: dict, output: str | Path, cwd
                     f"longer support it (the values were accepted: the notebook's prose describes other values).\n"
                     f"    {claim}")
             raise RuntimeError(f"papermill failed on {notebook} (see the cell error above)")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's file is private (0600); a report is not
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private (0600); a report is not
         os.replace(tmp, output)
     finally:
         for f in (tmp, pfile):

@@ -131,3 +131,13 @@ def compile_failed(err: Exception, stacklevel: int = 2) -> None:
 
 __all__ = ["KERNEL_MIN_SIDE", "KERNEL_MIN_SIDE_RESAMPLER", "env_flag", "no_cpu_kernel", "use_kernel",
            "use_kernel_resampler", "use_triton", "triton_failed", "compiled", "compile_has_failed", "compile_failed"]
+
+
+def code_path() -> dict:
+    """Which engines this process would take, for run fingerprints and metrics: the compiled CPU kernel (built and
+    switched on), the Triton and torch.compile switches, and the thread count. Two runs agree bit for bit only when
+    these agree too (the kernels sum in another order than PyTorch)."""
+    from afcore import cpu_kernel
+
+    return {"cpu_kernel": bool(not _KERNEL_OFF and cpu_kernel.available()), "triton": env_flag("AFCORE_TRITON"),
+            "compile": env_flag("AFCORE_COMPILE"), "threads": torch.get_num_threads()}

@@ -3,7 +3,6 @@ with their standard errors combined."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import pytest
@@ -28,15 +27,19 @@ def test_report_gathers_every_run_and_its_gaps_to_a(stage_device, device_checks,
         assert row["trainable_parameters"] == train["trainable_parameters"] > 0
     assert all(report["rows"][f"{d}/{cfg.configs[0]}"]["train_step_relative_to_A"] == 1.0
                for d in cfg.config_datasets)
-    assert list(report["spsnr_gap_to_A"]) == [f"{d}/{c}" for d in cfg.config_datasets for c in cfg.configs[1:]]
-    for key, gaps in report["spsnr_gap_to_A"].items():
-        d = key.split("/")[0]
-        a, b = report["rows"][f"{d}/{cfg.configs[0]}"], report["rows"][key]
-        for metric, g in gaps.items():
-            sem = metric.replace("_db", "_sem")
-            assert g["diff_db"] == pytest.approx(b[metric] - a[metric], abs=1e-12)
-            assert g["sem_db"] == pytest.approx(math.hypot(a[sem], b[sem]))
-            assert g["significant"] == (abs(g["diff_db"]) >= 2 * g["sem_db"])
+    # the contrasts are the evaluations' seed-level contrasts, keyed by data set; the seed means of a paired
+    # contrast equal the difference of the rows' seed means (a mean of differences is the difference of means)
+    base = cfg.configs[0]
+    expected = [f"{d}/{m}: {c} - {base}" for d in cfg.config_datasets for c in cfg.configs[1:]
+                for m in ("sample_spsnr_db", "denoiser_spsnr_db", "FID")]
+    assert set(expected) <= set(report["contrasts"])
+    for d in cfg.config_datasets:
+        for c in cfg.configs[1:]:
+            for m in ("sample_spsnr_db", "denoiser_spsnr_db", "FID"):
+                got = report["contrasts"][f"{d}/{m}: {c} - {base}"]
+                a, b = report["rows"][f"{d}/{base}"], report["rows"][f"{d}/{c}"]
+                assert got["mean"] == pytest.approx(b[m] - a[m], abs=1e-6)
+                assert got["n_seeds"] == len(cfg.seeds) and got["primary"] == (m == "sample_spsnr_db")
     assert set(report["rotation_consistency"]) == {f"{d}/{c}" for d in cfg.config_datasets
                                                   for c in (cfg.configs[0], "D-1N")}
     assert report["scale"]["train_steps"] == cfg.train_steps and report["profile"] == "smoke"

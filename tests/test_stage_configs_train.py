@@ -7,6 +7,7 @@ import math
 import shutil
 
 import pytest
+import torch
 
 from afcore import config_unet
 from afcore.stages import configs_eval, configs_report
@@ -35,12 +36,21 @@ def test_runs_write_checkpoints_and_metrics_and_resume_without_training(stage_de
         assert summary["device"].startswith(stage_device)
         assert json.loads((root / f"metrics/configs_train/mnist-{config}.json").read_text()) == summary
         loss_rows = (root / f"metrics/configs_train/mnist-{config}_loss.csv").read_text().split()
-        assert loss_rows[0] == "step,loss" and len(loss_rows) == 1 + cfg.train_steps
+        assert loss_rows[0] == "step,seed,loss" and len(loss_rows) == 1 + cfg.train_steps * len(cfg.seeds)
+        assert sorted({int(r.split(",")[1]) for r in loss_rows[1:]}) == cfg.seeds
         assert math.isfinite(summary["final_loss_mean_last_20pct"]) and summary["final_loss_mean_last_20pct"] > 0
         assert summary["train_seconds"] > 0 and summary["median_step_seconds"] > 0
         assert (root / f"figures/12_configs_train/mnist-{config}.png").stat().st_size > 0
-        unet = config_unet.load_unet(root / f"checkpoints/configs/mnist/{config}/unet.pt")
-        assert unet.config == config and unet.init_args["base"] == cfg.base_channels
+        # one run per training seed, the base seed at the top level (where downstream stages look)
+        assert len(cfg.seeds) >= 2 and [r["seed"] for r in summary["seeds"]] == cfg.seeds
+        assert summary["seed"] == cfg.seed and summary["seeds"][0]["train_seconds"] == summary["train_seconds"]
+        weights = []
+        for seed in cfg.seeds:
+            folder = "" if seed == cfg.seed else f"-seed{seed}"
+            unet = config_unet.load_unet(root / f"checkpoints/configs/mnist/{config}{folder}/unet.pt")
+            assert unet.config == config and unet.init_args["base"] == cfg.base_channels
+            weights.append(torch.cat([p.flatten() for p in unet.parameters()]))
+        assert not torch.equal(weights[0], weights[1])  # another seed trains another network
     # alias-free layers change fixed filters only: the same number of trainable parameters as Config A
     assert out["A"]["trainable_parameters"] == out["D-1N"]["trainable_parameters"]
     # a second run resumes the finished checkpoint: no step is trained again, so even the timings (summed from the

@@ -68,6 +68,27 @@ def test_smoke_run_writes_outputs_compares_pairs_and_resumes(stage_device, devic
             assert abs(c[f"{m}_delta_db"] - (a[f"{m}_db"] - b[f"{m}_db"])) < 1e-6, (key, m)
             assert _finite(c[f"{m}_delta_se_db"]) and c[f"{m}_delta_se_db"] >= 0
         assert c["rFID_delta"] == a["rFID[rand-natural]"] - b["rFID[rand-natural]"]
+    # seed level: the base seed's comparisons are the first per-seed value; every further seed fine-tuned its own
+    # rows from the one pre-trained VAE and saved them for af_ldm's matching seed
+    assert summary["training_seeds"] == cfg.seeds and len(cfg.seeds) >= 2
+    for key in af_vae.COMPARISONS:
+        for m in af_vae.PER_IMAGE:
+            c = summary["seed_contrasts"][f"{key}: {m}"]
+            assert c["per_seed"][0] == pytest.approx(summary["comparisons"][key][f"{m}_delta_db"], abs=1e-12)
+            assert c["n_seeds"] == len(cfg.seeds) and c["primary"] == (f"{key}: {m}" in af_vae.PRIMARY)
+            assert c["mean"] == pytest.approx(sum(c["per_seed"]) / len(cfg.seeds))
+            # mean of the per-seed differences = difference of the rows' seed means (same seeds, same crops)
+            a, b = (summary["seed_by_row"][af_vae.KEY[r]] for r in af_vae.COMPARISONS[key])
+            assert c["mean"] == pytest.approx(a[f"{m}_db"] - b[f"{m}_db"], abs=1e-6)
+    assert sum(c["primary"] for c in summary["seed_contrasts"].values()) == len(af_vae.PRIMARY)
+    for seed in cfg.seeds[1:]:
+        assert (tmp_path / f"checkpoints/vae-seed{seed}/af_vae/alias_free.json").is_file()
+    # another seed draws other batches and noise (its weights may still agree after two Adam steps, whose updates
+    # are close to lr * sign(gradient) from the same pre-trained start)
+    runs_dir = tmp_path / "checkpoints/vae/runs"
+    base_loss = (runs_dir / "equivariance_loss_af_vae/loss.csv").read_text().split()[1]
+    other_loss = (runs_dir / f"equivariance_loss_af_vae-seed{cfg.seeds[1]}/loss.csv").read_text().split()[1]
+    assert base_loss.split(",")[1] != other_loss.split(",")[1]
     text = af_vae.verdict_markdown(summary["comparisons"])
     assert text.count("\n") == len(af_vae.COMPARISONS) - 1 and "nan" not in text
 

@@ -6,9 +6,16 @@ the row says so). Then, per image: reconstruction PSNR and Enc / Dec SPSNR, rFID
 paired differences between rows, the decoder SPSNR against the latent shift, decoded LFW faces under a sub-pixel pan,
 and the encode / decode / train-step cost.
 
+Training seeds (``vae_seeds``, ``afcore.stages.seeds``): the pre-trained VAE is trained once (base seed), the stand-in
+for a released model that every fine-tuning starts from; every row's fine-tuning (and the random-weights row) is
+repeated per training seed, evaluated on the same test crops, shifts and rFID features, and each comparison is
+summarised over seeds (``seed_level``). The base seed's models make the figures, the timings and the checkpoints
+downstream stages read (``checkpoints/vae/...``); another seed's AF-VAE and vanilla VAE go to
+``checkpoints/vae-seed<seed>/...`` for the af_ldm stage's seeds.
+
 Steps, in the order ``run`` calls them (the notebook calls the same ones): ``load_inputs`` -> ``train_rows`` ->
 ``save_checkpoints`` -> ``loss_table`` -> ``evaluate`` -> ``compare`` -> ``latent_spectra`` / ``dec_spsnr_curve`` ->
-``faces_pan`` -> ``codec_timing`` -> ``summarise`` -> ``write_outputs``. Outputs under ``out_dir``:
+``faces_pan`` -> ``codec_timing`` -> ``replicate`` -> ``seed_level`` -> ``summarise`` -> ``write_outputs``. Outputs under ``out_dir``:
 ``checkpoints/vae/{vanilla,af_vae,runs/...}``, ``metrics/20_af_vae.json``, ``metrics/20_af_vae_loss.csv``,
 ``metrics/20_af_vae_spsnr.csv`` and ``figures/20_af_vae/{loss,spectrum_and_spsnr,faces_pan}.png``.
 """
@@ -24,8 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from afcore import data, evaluation, metrics, signal, vae as V, vae_gan as G
+from afcore.backend import code_path
 from afcore.stages.common import (ConfigError, StageConfig, Timer, make_generator, mean_sem, out_path,
                                   paired_mean_sem, pick_device, verdict)
+from afcore.stages.seeds import MULTIPLE_COMPARISONS, contrast_table, seed_path, seed_summary, training_seeds
 from afcore.surgery import make_alias_free, save_alias_free
 from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import save_csv, save_figure, save_json, seed_everything
@@ -60,6 +69,10 @@ COMPARISONS = {  # key: (row, baseline); each value = row minus baseline, paired
     "vanilla_eq_loss_minus_af_vae": ("vanilla + equivariance loss", "+ equivariance loss (AF-VAE)"),
     "vanilla_finetuned_minus_vanilla_pretrained": ("vanilla VAE (fine-tuned)", "vanilla VAE (pre-trained)"),
 }
+# pre-registered primary contrasts (Holm family): the AF-VAE against the vanilla VAE fine-tuned alike
+PRIMARY = ["af_vae_minus_vanilla_finetuned: enc_spsnr", "af_vae_minus_vanilla_finetuned: dec_spsnr",
+           "af_vae_minus_vanilla_finetuned: recon_psnr"]
+WEIGHT_DECAY = 0.01  # AdamW's, as in the reference trainer (torch's default)
 COMPARE = ("vanilla VAE (fine-tuned)", "+ equivariance loss (AF-VAE)")  # the two rows of the figures and timings
 PER_IMAGE = ("recon_psnr", "enc_spsnr", "dec_spsnr")
 N_BOOT = 50  # bootstrap resamples of the test crops for rFID's standard error
@@ -84,8 +97,8 @@ class Config(StageConfig):
     crop_size: int = 32
     n_train: int = 2000
     n_test: int = 200
-    vae_pretrain_steps: int = 1500
-    vae_finetune_steps: int = 600
+    vae_pretrain_steps: int = 1000
+    vae_finetune_steps: int = 200
     vae_batch: int = 16
     vae_lr: float = 0.001
     vae_finetune_lr: float = 0.0003
@@ -100,6 +113,12 @@ class Config(StageConfig):
     disc_channels: tuple[int, ...] = (32, 64)
     spsnr_images: int = 32
     spsnr_crop: int = 64
+    vae_seeds: int = 3
+
+    @property
+    def seeds(self) -> list[int]:
+        """The fine-tuning seeds: ``seed``, ``seed + 1000``, ... (``vae_seeds`` of them)."""
+        return training_seeds(self.seed, self.vae_seeds)
 
     def check(self) -> None:
         def need(ok, key, allowed):
@@ -121,6 +140,7 @@ class Config(StageConfig):
         need(self.vae_pretrain_steps >= 0, "vae_pretrain_steps", ">= 0")
         need(self.vae_finetune_steps >= 1, "vae_finetune_steps", ">= 1 (the train-step cost is a ratio of rows)")
         need(self.vae_batch >= 1, "vae_batch", ">= 1")
+        need(self.vae_seeds >= 1, "vae_seeds", ">= 1")
         need(self.vae_lr > 0, "vae_lr", "> 0")
         need(self.vae_finetune_lr > 0, "vae_finetune_lr", "> 0")
         need(0 <= self.vae_ema_decay < 1, "vae_ema_decay", "in [0, 1) (0: no EMA)")
@@ -174,12 +194,14 @@ def load_inputs(cfg: Config, dev) -> Inputs:
     return Inputs(train_x.to(dev), test_x.to(dev), spsnr_x.to(dev))
 
 
-def batches(cfg: Config, train_x: torch.Tensor):
+def batches(cfg: Config, train_x: torch.Tensor, seed: int | None = None):
     """``get_batch(step) -> (crops, batch_seed)``: indices drawn on the crops' device from a generator seeded by
-    ``seed * 7919 + step`` (a function of the step alone, so a resumed run sees the same batches)."""
+    ``seed * 7919 + step`` (a function of the step alone, so a resumed run sees the same batches; ``seed`` defaults
+    to the base seed)."""
+    seed = cfg.seed if seed is None else seed
 
     def get_batch(step):
-        batch_seed = cfg.seed * 7919 + step
+        batch_seed = seed * 7919 + step
         g = make_generator(batch_seed, train_x.device)
         return train_x[torch.randint(0, len(train_x), (cfg.vae_batch,), generator=g, device=train_x.device)], \
             batch_seed
@@ -202,9 +224,11 @@ def loss_fn(cfg: Config, eq: bool, perceptual):
 
 
 def train_vae(cfg: Config, dev, model, name: str, steps: int, lr: float, eq: bool, alias_free_disc: bool,
-              train_x: torch.Tensor, out_dir) -> tuple[torch.nn.Module, list, float]:
-    """Train ``model`` (an AutoencoderKL) for ``steps`` in ``out_dir/checkpoints/vae/runs/<name>`` (resumable;
-    stamped with the settings); returns (trained VAE in eval mode, history, mean seconds per step)."""
+              train_x: torch.Tensor, out_dir, seed: int | None = None) -> tuple[torch.nn.Module, list, float]:
+    """Train ``model`` (an AutoencoderKL) for ``steps`` with training seed ``seed`` (default the base seed) in
+    ``out_dir/checkpoints/vae/runs/<name>`` (``<name>-seed<seed>`` for another seed; resumable, stamped with the
+    settings); returns (trained VAE in eval mode, history, mean seconds per step)."""
+    seed = cfg.seed if seed is None else seed
     perceptual = G.PerceptualFeatures().to(dev) if cfg.perceptual_weight > 0 else None
     disc = (G.PatchDiscriminator(channels=tuple(cfg.disc_channels), alias_free=alias_free_disc)
             if cfg.gan_weight > 0 else None)
@@ -213,27 +237,34 @@ def train_vae(cfg: Config, dev, model, name: str, steps: int, lr: float, eq: boo
                        batch=cfg.vae_batch, lr=lr, posterior=cfg.vae_posterior, kl_norm=cfg.vae_kl_norm,
                        loss_version=2, ema=cfg.vae_ema_decay, kl=cfg.kl_weight, eq_weight=cfg.eq_weight,
                        perceptual=cfg.perceptual_weight, gan=cfg.gan_weight, gan_start=cfg.gan_start,
-                       disc=cfg.disc_channels, seed=cfg.seed, crop=cfg.crop_size, n_train=cfg.n_train,
+                       disc=cfg.disc_channels, seed=seed, crop=cfg.crop_size, n_train=cfg.n_train,
                        dataset=cfg.vae_dataset, pretrained=cfg.vae_pretrained, pretrain_steps=cfg.vae_pretrain_steps,
-                       data=data.checksum(train_x))
+                       data=data.checksum(train_x), weight_decay=WEIGHT_DECAY, code_path=code_path())
     slug = re.sub("[^a-z0-9]+", "_", name.lower()).strip("_")
-    run_dir = prepare_run_dir(Path(out_dir) / "checkpoints" / "vae" / "runs" / slug, fingerprint)
-    wrapped, ema, history = train_loop(wrapped, loss_fn(cfg, eq, perceptual), batches(cfg, train_x), steps=steps,
-                                       lr=lr, ckpt_dir=run_dir, ema_decay=cfg.vae_ema_decay or None,
-                                       ckpt_every=max(steps // 4, 1), device=str(dev), desc=name,
-                                       log_csv=run_dir / "loss.csv")
+    run_dir = prepare_run_dir(seed_path(Path(out_dir) / "checkpoints" / "vae" / "runs" / slug, seed, cfg.seed),
+                              fingerprint)
+    wrapped, ema, history = train_loop(wrapped, loss_fn(cfg, eq, perceptual), batches(cfg, train_x, seed),
+                                       steps=steps, lr=lr, ckpt_dir=run_dir, ema_decay=cfg.vae_ema_decay or None,
+                                       ckpt_every=max(steps // 4, 1), device=str(dev),
+                                       desc=name if seed == cfg.seed else f"{name} seed {seed}",
+                                       log_csv=run_dir / "loss.csv", weight_decay=WEIGHT_DECAY)
     final = ema if ema is not None else wrapped
     final = final.vae if isinstance(final, G.VAEWithDiscriminator) else final
     step_seconds = sum(h["seconds"] for h in history) / max(len(history), 1)  # per-step rows survive a resume
     return final.to(dev).eval(), history, step_seconds
 
 
-def train_rows(cfg: Config, dev, inputs: Inputs, out_dir) -> Trained:
-    """Pre-train the vanilla VAE (or load ``vae_pretrained``), then give every row of ``ROWS`` its surgery and
-    fine-tune it from those weights (the random-weights row is re-initialised from ``seed`` instead)."""
+def train_rows(cfg: Config, dev, inputs: Inputs, out_dir, seed: int | None = None,
+               pretrained: torch.nn.Module | None = None) -> Trained:
+    """Pre-train the vanilla VAE (or load ``vae_pretrained``; or take ``pretrained``, the base seed's), then give
+    every row of ``ROWS`` its surgery and fine-tune it from those weights with training seed ``seed`` (default the
+    base seed; the random-weights row is re-initialised from that seed instead)."""
+    seed = cfg.seed if seed is None else seed
     seed_everything(cfg.seed)
     channels = tuple(cfg.vae_channels)
-    if cfg.vae_pretrained:
+    if pretrained is not None:
+        pretrain_history, pretrain_step = [], None
+    elif cfg.vae_pretrained:
         pretrained = V.load_pretrained_vae(cfg.vae_pretrained).to(dev)
         pretrain_history, pretrain_step = [], None
     else:
@@ -244,7 +275,7 @@ def train_rows(cfg: Config, dev, inputs: Inputs, out_dir) -> Trained:
     trained, histories, step_time = {}, {"pre-training": pretrain_history}, {"pre-training": pretrain_step}
     for name, (resample, nonlin, eq, finetune) in ROWS.items():
         if name == "AF-VAE, random weights":
-            seed_everything(cfg.seed)
+            seed_everything(seed)
             model = (V.small_vae(channels, layers_per_block=cfg.vae_layers_per_block) if not cfg.vae_pretrained
                      else copy.deepcopy(pretrained))
             if cfg.vae_pretrained:  # random weights in SD's architecture
@@ -259,17 +290,22 @@ def train_rows(cfg: Config, dev, inputs: Inputs, out_dir) -> Trained:
         if finetune:
             model, histories[name], step_time[name] = train_vae(
                 cfg, dev, model, name, cfg.vae_finetune_steps, cfg.vae_finetune_lr, eq,
-                alias_free_disc=resample or nonlin, train_x=inputs.train_x, out_dir=out_dir)
+                alias_free_disc=resample or nonlin, train_x=inputs.train_x, out_dir=out_dir, seed=seed)
         trained[name] = model.eval()
     return Trained(trained, histories, step_time, pretrained)
 
 
-def save_checkpoints(trained: Trained, out_dir) -> None:
-    """The pre-trained vanilla VAE and the AF-VAE, from CPU copies so that any machine can load them."""
-    save_alias_free(copy.deepcopy(trained.models["vanilla VAE (pre-trained)"]).cpu(),
-                    Path(out_dir) / "checkpoints" / "vae" / "vanilla")
-    save_alias_free(copy.deepcopy(trained.models["+ equivariance loss (AF-VAE)"]).cpu(),
-                    Path(out_dir) / "checkpoints" / "vae" / "af_vae")
+def checkpoint_root(cfg: Config, out_dir, seed: int | None = None) -> Path:
+    """``checkpoints/vae`` for the base seed, ``checkpoints/vae-seed<seed>`` for another."""
+    return seed_path(Path(out_dir) / "checkpoints" / "vae", cfg.seed if seed is None else seed, cfg.seed)
+
+
+def save_checkpoints(trained: Trained, out_dir, cfg: Config | None = None, seed: int | None = None) -> None:
+    """The pre-trained vanilla VAE and the AF-VAE of one training seed (default: the base seed's folder), from CPU
+    copies so that any machine can load them."""
+    root = Path(out_dir) / "checkpoints" / "vae" if cfg is None else checkpoint_root(cfg, out_dir, seed)
+    save_alias_free(copy.deepcopy(trained.models["vanilla VAE (pre-trained)"]).cpu(), root / "vanilla")
+    save_alias_free(copy.deepcopy(trained.models["+ equivariance loss (AF-VAE)"]).cpu(), root / "af_vae")
 
 
 def loss_table(cfg: Config, histories: dict) -> list[dict]:
@@ -431,12 +467,61 @@ def codec_timing(cfg: Config, dev, inputs: Inputs, trained: Trained, repeats: in
     return timing
 
 
+def replicate(cfg: Config, dev, inputs: Inputs, out_dir, trained: Trained, ev: Evaluation) -> dict:
+    """Fine-tune and evaluate every row again for each further training seed, from the same pre-trained VAE, on the
+    same crops, shifts and rFID features; saves each seed's VAEs for the af_ldm stage. Returns ``{seed: (Evaluation,
+    comparisons)}``, the base seed's included (``ev``)."""
+    out = {cfg.seed: (ev, compare(ev))}
+    for seed in tqdm(cfg.seeds[1:], desc="further training seeds"):
+        t = train_rows(cfg, dev, inputs, out_dir, seed=seed, pretrained=trained.pretrained)
+        save_checkpoints(t, out_dir, cfg, seed)
+        e = evaluate(cfg, dev, inputs, t)
+        out[seed] = (e, compare(e))
+    return out
+
+
+def seed_level(cfg: Config, per_seed: dict) -> dict:
+    """Every row's metrics as mean +- standard error over training seeds (``table``) and every comparison's paired
+    difference, one number per seed, summarised with ``seeds.contrast_table`` (``contrasts``, keys ``"<comparison>:
+    <metric>"``; primary: ``PRIMARY``, Holm-adjusted)."""
+    seeds = list(per_seed)
+    table = []
+    for r in per_seed[seeds[0]][0].rows:
+        row = {"row": r["row"], "key": r["key"], "n_seeds": len(seeds)}
+        for m in ("recon_psnr_db", "enc_spsnr_db", "dec_spsnr_db", "rFID[rand-natural]"):
+            s = seed_summary([per_seed[sd][0].by_row[r["key"]][m] for sd in seeds])
+            row[m], row[f"{m}_se_seeds"], row[f"{m}_per_seed"] = s["mean"], s["se"], s["per_seed"]
+        table.append(row)
+    deltas = {}
+    for key in COMPARISONS:
+        for m in PER_IMAGE:
+            deltas[f"{key}: {m}"] = [per_seed[sd][1][key][f"{m}_delta_db"] for sd in seeds]
+        deltas[f"{key}: rFID"] = [per_seed[sd][1][key]["rFID_delta"] for sd in seeds]
+    return {"seeds": seeds, "table": table, "by_row": {r["key"]: r for r in table},
+            "contrasts": contrast_table(deltas, PRIMARY)}
+
+
+def seed_markdown(level: dict) -> str:
+    """The seed-level contrasts as a table: mean +- SE over seeds, the per-seed values, p and the verdict."""
+    md = "| comparison: metric | mean ± SE over seeds | per seed | p (Holm for primary) | verdict |\n|---|---|---|---|---|\n"
+    for name, c in level["contrasts"].items():
+        p = c["p_holm"] if c["primary"] else c["p"]
+        se = "–" if c["se"] is None else f"{c['se']:.2f}"
+        md += (f"| {name}{' (primary)' if c['primary'] else ''} | {c['mean']:+.2f} ± {se} | "
+               f"{', '.join(f'{v:+.2f}' for v in c['per_seed'])} | {'–' if p is None else f'{p:.3f}'} | "
+               f"{c['verdict']} |\n")
+    return md
+
+
 def summarise(cfg: Config, dev, trained: Trained, ev: Evaluation, comparisons: dict, faces: dict,
-              timing: dict) -> dict:
-    """The metrics JSON (``metrics/20_af_vae.json``)."""
+              timing: dict, level: dict) -> dict:
+    """The metrics JSON (``metrics/20_af_vae.json``): the base seed's table and comparisons (``table``,
+    ``comparisons``: errors over images), the seed-level ones (``seed_table``, ``seed_contrasts``: errors over
+    training seeds) and the rest."""
     return {
         "profile": cfg.profile,
         "device": str(dev),
+        "training_seeds": level["seeds"], "code_path": code_path(),
         "scale": {"pretrained": cfg.vae_pretrained or None,
                   "pretrain_steps": None if cfg.vae_pretrained else cfg.vae_pretrain_steps,
                   "finetune_steps": cfg.vae_finetune_steps, "batch": cfg.vae_batch, "crop": cfg.crop_size,
@@ -445,13 +530,19 @@ def summarise(cfg: Config, dev, trained: Trained, ev: Evaluation, comparisons: d
         "conventions": "per-image values averaged in dB, mean ± standard error over images (paired differences for "
                        "comparisons); recon PSNR peak 2; Enc SPSNR peak = each target latent's range in the valid "
                        "mask; Dec SPSNR peak 2; cropped horizontal shifts of 1..f px; rFID with calibrated random-CNN "
-                       f"features, bootstrap standard error over {N_BOOT} resamples of the test crops",
+                       f"features, bootstrap standard error over {N_BOOT} resamples of the test crops; seed_table "
+                       "and seed_contrasts: mean ± standard error over training seeds (a contrast paired within each "
+                       "seed over the same crops), t test on seeds - 1 degrees of freedom; multiple comparisons: "
+                       + MULTIPLE_COMPARISONS,
         "losses": {"kl": cfg.kl_weight, "kl_norm": cfg.vae_kl_norm, "posterior": cfg.vae_posterior,
                    "eq": cfg.eq_weight, "perceptual": cfg.perceptual_weight, "gan": cfg.gan_weight,
                    "ema_decay": cfg.vae_ema_decay},
         "table": ev.rows,
         "by_row": ev.by_row,
         "comparisons": comparisons,
+        "seed_table": level["table"],
+        "seed_by_row": level["by_row"],
+        "seed_contrasts": level["contrasts"],
         "goal": "Enc +15 dB, Dec +8 dB, recon within -1.5 dB of the pre-trained vanilla VAE (paper, against the "
                 "released SD VAE: +20.0, +11.6, -1.4)",
         "train_step_seconds": trained.step_seconds,
@@ -600,7 +691,7 @@ def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     dev = pick_device(device, cfg.deterministic)
     inputs = load_inputs(cfg, dev)
     trained = train_rows(cfg, dev, inputs, out_dir)
-    save_checkpoints(trained, out_dir)
+    save_checkpoints(trained, out_dir, cfg)
     losses = loss_table(cfg, trained.histories)
     ev = evaluate(cfg, dev, inputs, trained)
     comparisons = compare(ev)
@@ -608,7 +699,8 @@ def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     curve = dec_spsnr_curve(inputs, trained)
     faces = faces_pan(cfg, dev, trained)
     timing = codec_timing(cfg, dev, inputs, trained)
-    summary = summarise(cfg, dev, trained, ev, comparisons, faces, timing)
+    level = seed_level(cfg, replicate(cfg, dev, inputs, out_dir, trained, ev))
+    summary = summarise(cfg, dev, trained, ev, comparisons, faces, timing, level)
     figures = {"loss": plot_loss(cfg, trained.histories), "spectrum_and_spsnr": plot_spectrum_and_spsnr(spectra, curve),
                "faces_pan": plot_faces(cfg, faces)}
     write_outputs(out_dir, summary, losses, curve, figures)

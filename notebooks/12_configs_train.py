@@ -85,7 +85,7 @@ dev = stage.setup(cfg, cfg.device)
 # rather than resumed. The initial weights come from the seed alone; each step's batch is drawn from a generator
 # seeded by `(seed, step)` and its timesteps and noise from one seeded by the batch's seed, so a resumed run sees
 # exactly the draws of an uninterrupted one. The sampling weights (the EMA when `ema_decay` > 0) go to
-# `checkpoints/configs/<dataset>/<config>/unet.pt` for the base seed and `.../<config>-seed<seed>/unet.pt` for the
+# `checkpoints/configs/<dataset>/<config>/unet.pt` for the base seed and `.../<config>/seed<seed>/unet.pt` for the
 # others. The fingerprint that decides whether a checkpoint is resumed records the seed, the thread count and the code
 # path (compiled CPU kernel, Triton, torch.compile), because only runs that agree on all three agree bit for bit.
 

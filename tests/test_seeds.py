@@ -54,4 +54,4 @@ def test_training_seeds_and_their_folders(tmp_path):
     with pytest.raises(ValueError, match=">= 1"):
         seeds.training_seeds(0, 0)
     assert seeds.seed_path(tmp_path / "ldm", 0, 0) == tmp_path / "ldm"
-    assert seeds.seed_path(tmp_path / "ldm", 1000, 0) == tmp_path / "ldm-seed1000"
+    assert seeds.seed_path(tmp_path / "ldm", 1000, 0) == tmp_path / "ldm" / "seed1000"

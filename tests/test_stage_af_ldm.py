@@ -55,13 +55,17 @@ def test_run_writes_every_output(stage_run, stage_device):
     assert metrics["scale"]["latent_shape"] == [4, 8, 8] and len(metrics["scale"]["spsnr_shifts"]) == 2
     # the loss CSV: every step of every model, the continued rows counted after their base row's steps
     rows = list(csv.DictReader(open(root / "metrics" / "30_af_ldm_loss.csv")))
-    eq_rows = [k for k, m in af_ldm.MODELS.items() if m[5]]
-    n_scratch = len(af_ldm.MODELS) - len(eq_rows)
-    assert len(rows) == cfg.ldm_train_steps * n_scratch + cfg.ldm_finetune_steps * len(eq_rows)
+    continued = [k for k, m in af_ldm.MODELS.items() if m[5]]
+    eq_rows = [k for k, m in af_ldm.MODELS.items() if m[3]]
+    assert set(eq_rows) < set(continued)  # the controls continue without the loss
+    n_scratch = len(af_ldm.MODELS) - len(continued)
+    assert len(rows) == cfg.ldm_train_steps * n_scratch + cfg.ldm_finetune_steps * len(continued)
     for r in rows:
         assert math.isfinite(float(r["diffusion"])) and float(r["diffusion"]) > 0
+        if r["model"] in continued:
+            assert int(r["step"]) > cfg.ldm_train_steps
         if r["model"] in eq_rows:
-            assert int(r["step"]) > cfg.ldm_train_steps and float(r["equivariance"]) >= 0
+            assert float(r["equivariance"]) >= 0
         else:
             assert math.isnan(float(r["equivariance"]))
 
@@ -99,6 +103,25 @@ def test_table_and_paired_comparisons(stage_run):
     assert all((x["verdict"] == "not resolved") == (abs(x["delta"]) <= 2 * x["se"]) for x in v)
     assert all(s > 0 for s in metrics["sampling_seconds_per_image"].values())
     assert set(metrics["train_seconds"]) == set(af_ldm.MODELS)
+
+
+def test_seed_level_contrasts(stage_run):
+    """Every comparison once per training seed, the base seed's value first; the seed mean of a paired contrast is
+    the difference of the rows' seed means; further seeds train in their own folder, in that seed's VAE latents."""
+    cfg, root, metrics = stage_run
+    assert metrics["training_seeds"] == cfg.seeds and len(cfg.seeds) >= 2
+    contrasts, by_row = metrics["seed_contrasts"], metrics["seed_by_row"]
+    for name, c in metrics["comparisons"].items():
+        a, b = (by_row[c[k]] for k in ("row_key", "baseline_key"))
+        for m in ("latent", "image"):
+            s = contrasts[f"{name}: {m}_spsnr"]
+            assert s["per_seed"][0] == pytest.approx(c[f"{m}_spsnr_delta_db"], abs=1e-12)
+            assert s["mean"] == pytest.approx(a[f"{m}_spsnr_db"] - b[f"{m}_spsnr_db"], abs=1e-4)
+            assert len(s["per_seed"]) == len(cfg.seeds) and s["primary"] == (f"{name}: {m}_spsnr" in af_ldm.PRIMARY)
+    assert sum(c["primary"] for c in contrasts.values()) == len(af_ldm.PRIMARY)
+    for seed in cfg.seeds[1:]:
+        for key in af_ldm.MODELS:
+            assert (root / "checkpoints" / "ldm" / f"seed{seed}" / key / "unet" / "config.json").exists(), key
 
 
 def test_per_step_and_sweep_csvs(stage_run):
@@ -147,6 +170,9 @@ def test_resume_trains_no_extra_step(stage_run, stage_device, monkeypatch):
     ("ldm_fid_samples", 1, "ldm.ldm_fid_samples"),
     ("ldm_batch", 0, "ldm.ldm_batch"),
     ("ldm_lr", "fast", "ldm_lr"),
+    ("ldm_seeds", 0, "ldm.ldm_seeds"),
+    ("ldm_models", ["af_ldm", "bogus"], "ldm.ldm_models"),
+    ("ldm_models", ["ldm_vanilla_vae", "af_ldm", "filtered_nonlinearity_continued"], "ldm.ldm_models"),
 ])
 def test_bad_config_values_name_the_key(smoke_params, key, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -82,12 +82,12 @@ def test_smoke_run_writes_outputs_compares_pairs_and_resumes(stage_device, devic
             assert c["mean"] == pytest.approx(a[f"{m}_db"] - b[f"{m}_db"], abs=1e-6)
     assert sum(c["primary"] for c in summary["seed_contrasts"].values()) == len(af_vae.PRIMARY)
     for seed in cfg.seeds[1:]:
-        assert (tmp_path / f"checkpoints/vae-seed{seed}/af_vae/alias_free.json").is_file()
+        assert (tmp_path / f"checkpoints/vae/seed{seed}/af_vae/alias_free.json").is_file()
     # another seed draws other batches and noise (its weights may still agree after two Adam steps, whose updates
     # are close to lr * sign(gradient) from the same pre-trained start)
     runs_dir = tmp_path / "checkpoints/vae/runs"
     base_loss = (runs_dir / "equivariance_loss_af_vae/loss.csv").read_text().split()[1]
-    other_loss = (runs_dir / f"equivariance_loss_af_vae-seed{cfg.seeds[1]}/loss.csv").read_text().split()[1]
+    other_loss = (runs_dir / f"equivariance_loss_af_vae/seed{cfg.seeds[1]}/loss.csv").read_text().split()[1]
     assert base_loss.split(",")[1] != other_loss.split(",")[1]
     text = af_vae.verdict_markdown(summary["comparisons"])
     assert text.count("\n") == len(af_vae.COMPARISONS) - 1 and "nan" not in text

@@ -46,7 +46,7 @@ def test_runs_write_checkpoints_and_metrics_and_resume_without_training(stage_de
         assert summary["seed"] == cfg.seed and summary["seeds"][0]["train_seconds"] == summary["train_seconds"]
         weights = []
         for seed in cfg.seeds:
-            folder = "" if seed == cfg.seed else f"-seed{seed}"
+            folder = "" if seed == cfg.seed else f"/seed{seed}"
             unet = config_unet.load_unet(root / f"checkpoints/configs/mnist/{config}{folder}/unet.pt")
             assert unet.config == config and unet.init_args["base"] == cfg.base_channels
             weights.append(torch.cat([p.flatten() for p in unet.parameters()]))

@@ -1,13 +1,23 @@
 """Stage ``af_ldm`` (notebook 30_af_ldm): AF-LDM's Table 3, Figures 5 and 6 at this workbook's scale.
 
-Seven unconditional latent U-Nets (``afcore.ldm.latent_unet``) in the latent spaces of the af_vae stage's two VAEs:
-plain, alias-free resampling, filtered nonlinearity, and three rows that continue a base row with the U-Net
-equivariance loss (with and without cross-frame attention in the loss). Checkpoints (resumable, stamped with the
-settings) in ``checkpoints/ldm/<model>``, sampling weights (EMA) in ``checkpoints/ldm/<model>/unet``.
+Unconditional latent U-Nets (``afcore.ldm.latent_unet``) in the latent spaces of the af_vae stage's two VAEs: plain,
+alias-free resampling, filtered nonlinearity, three rows that continue a base row with the U-Net equivariance loss
+(with and without cross-frame attention in the loss), and for each continued base row its control: the same base
+continued for the same number of steps without the loss, so that "the loss helps" is not "more steps help".
+``ldm_models`` picks which models to train (the cpu profile the AF-LDM chain and its control; the gpu profile all);
+a Table 3 row whose model is not trained is left out. Checkpoints (resumable, stamped with the settings) in
+``checkpoints/ldm/<model>``, sampling weights (EMA) in ``checkpoints/ldm/<model>/unet``.
+
+Training seeds (``ldm_seeds``, ``afcore.stages.seeds``): every model is trained once per seed, seed k in the latent
+space of the af_vae stage's seed k (so a replicate repeats the whole chain, VAE fine-tuning included); every seed is
+evaluated on the same initial latents and shifts, each comparison is computed within the seed (paired over latents)
+and summarised over seeds. The base seed's models also make the figures, the sweep, the pan and the timings; other
+seeds' checkpoints live in ``checkpoints/ldm/seed<seed>/<model>``.
 
 Steps, in the order ``run`` calls them: ``setup``, ``load_inputs``, ``train_rows``, ``loss_curves``,
 ``fid_eval``, ``spsnr_eval``, ``make_table``, ``per_step``, ``sweep_eval``, ``pan_frames``, ``time_sampling``,
-``summarise``, ``write_outputs``. Every random draw keeps the seed and the order of the notebook it came from.
+``replicate``, ``seed_level``, ``summarise``, ``write_outputs``. Every random draw keeps the seed and the order of the
+notebook it came from.
 """
 from __future__ import annotations
 
@@ -23,8 +33,11 @@ from tqdm.auto import tqdm
 from afcore import data, evaluation, ldm, metrics, signal
 from afcore import vae as V
 from afcore.attention import EquivariantAttention, use_sdpa
+from afcore.backend import code_path
+from afcore.stages.af_vae import checkpoint_root as vae_checkpoint_root
 from afcore.stages.common import (ConfigError, StageConfig, Timer, batch_sampler, make_generator, mean_sem,
                                   out_path, pick_device, verdict)
+from afcore.stages.seeds import MULTIPLE_COMPARISONS, contrast_table, seed_path, seed_summary, training_seeds
 from afcore.surgery import load_alias_free, make_alias_free, save_alias_free
 from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import save_csv, save_figure, save_gif, save_json, seed_everything
@@ -39,7 +52,11 @@ MODELS = {  # key: (VAE, ideal sampling, filtered nonlinearity, equivariance los
     "eq_loss_no_cfa": ("af_vae", True, True, True, False, "filtered_nonlinearity"),
     "af_ldm": ("af_vae", True, True, True, True, "filtered_nonlinearity"),
     "plain_unet_eq_loss": ("af_vae", False, False, True, True, "ldm_af_vae"),
+    # controls: the base rows continued for the same steps without the loss
+    "filtered_nonlinearity_continued": ("af_vae", True, True, False, False, "filtered_nonlinearity"),
+    "ldm_af_vae_continued": ("af_vae", False, False, False, False, "ldm_af_vae"),
 }
+WEIGHT_DECAY = 0.01  # AdamW's, as in the reference trainer (torch's default)
 MODEL_VAE = {k: v[0] for k, v in MODELS.items()} | {"random": "af_vae"}
 ROWS = [  # (stable key, Table 3 row, model, CFA at inference, paper's (FID, latent SPSNR, image SPSNR))
     ("vanilla_vae", "LDM w/ vanilla VAE", "ldm_vanilla_vae", False, (14.91, 27.47, 12.38)),
@@ -51,13 +68,24 @@ ROWS = [  # (stable key, Table 3 row, model, CFA at inference, paper's (FID, lat
     ("eq_loss_no_cfa", "+ equivariance loss w/o CFA", "eq_loss_no_cfa", True, (16.90, 28.57, 17.65)),
     ("af_ldm", "+ CFA in equivariance loss (AF-LDM)", "af_ldm", True, (19.05, 40.94, 28.06)),
     ("plain_unet_eq_loss", "LDM w/ AF-VAE + equivariance loss", "plain_unet_eq_loss", True, (39.14, 37.63, 25.99)),
+    ("filtered_nonlinearity_continued", "control: + filtered nonlinearity, continued without the loss",
+     "filtered_nonlinearity_continued", True, (None, None, None)),
+    ("ldm_af_vae_continued", "control: LDM w/ AF-VAE, continued without the loss", "ldm_af_vae_continued", True,
+     (None, None, None)),
     ("af_ldm_random", "AF-LDM random weights", "random", True, (None, 39.84, 29.68)),
 ]
 COMPARISONS = [("vanilla_vae_cfa", "vanilla_vae"), ("af_vae", "vanilla_vae"), ("af_vae_cfa", "af_vae"),
                ("ideal_sampling", "af_vae_cfa"), ("filtered_nonlinearity", "ideal_sampling"),
                ("eq_loss_no_cfa", "filtered_nonlinearity"), ("af_ldm", "eq_loss_no_cfa"),
                ("af_ldm", "vanilla_vae_cfa"), ("af_ldm", "af_vae_cfa"), ("plain_unet_eq_loss", "af_ldm"),
-               ("af_ldm_random", "af_ldm")]
+               ("af_ldm_random", "af_ldm"),
+               ("eq_loss_no_cfa", "filtered_nonlinearity_continued"), ("af_ldm", "filtered_nonlinearity_continued"),
+               ("filtered_nonlinearity_continued", "filtered_nonlinearity"),
+               ("plain_unet_eq_loss", "ldm_af_vae_continued")]
+REQUIRED_MODELS = ("ldm_vanilla_vae", "filtered_nonlinearity", "af_ldm", "filtered_nonlinearity_continued")
+# pre-registered primary contrasts (Holm family): the paper's headline and the loss against its control
+PRIMARY = ["af_ldm_minus_vanilla_vae_cfa: image_spsnr", "af_ldm_minus_vanilla_vae_cfa: latent_spsnr",
+           "af_ldm_minus_filtered_nonlinearity_continued: image_spsnr"]
 STEP_PAIR = (("vanilla_vae_cfa", "ldm_vanilla_vae", "standard LDM (+ CFA)"), ("af_ldm", "af_ldm", "AF-LDM"))
 
 
@@ -72,21 +100,30 @@ class Config(StageConfig):
     ldm_channels: tuple[int, ...] = (32, 64)
     ldm_layers_per_block: int = 1
     ldm_schedule: str = "af-ldm"
-    ldm_train_steps: int = 1200
-    ldm_finetune_steps: int = 400
+    ldm_train_steps: int = 600
+    ldm_finetune_steps: int = 200
     ldm_batch: int = 32
     ldm_lr: float = 0.001
     ldm_ema_decay: float = 0.995
     ldm_ckpt_every: int = 200
     ldm_eq_weight: float = 1.0
     ldm_stop_grad: str = "none"
+    ldm_cfa_detach: bool = True
     ldm_sample_steps: int = 20
-    ldm_fid_samples: int = 400
+    ldm_fid_samples: int = 200
     ldm_spsnr_latents: int = 64
     ldm_spsnr_groups: int = 8
     ldm_sweep_latents: int = 8
     ldm_sweep_eighths: int = 16
     ldm_timing_batch: int = 16
+    ldm_seeds: int = 3
+    ldm_models: tuple[str, ...] = ("ldm_vanilla_vae", "filtered_nonlinearity", "eq_loss_no_cfa", "af_ldm",
+                                   "filtered_nonlinearity_continued")
+
+    @property
+    def seeds(self) -> list[int]:
+        """The training seeds: ``seed``, ``seed + 1000``, ... (``ldm_seeds`` of them)."""
+        return training_seeds(self.seed, self.ldm_seeds)
 
     def check(self) -> None:
         def need(ok, key, allowed):
@@ -112,6 +149,14 @@ class Config(StageConfig):
         need(0 < self.ldm_ema_decay < 1, "ldm_ema_decay", "0 < ldm_ema_decay < 1")
         need(self.ldm_eq_weight >= 0, "ldm_eq_weight", ">= 0")
         need(self.ldm_fid_samples >= 2, "ldm_fid_samples", ">= 2 (FID needs 2 samples)")
+        need(self.ldm_seeds >= 1, "ldm_seeds", ">= 1")
+        need(len(self.ldm_models) > 0 and all(m in MODELS for m in self.ldm_models), "ldm_models",
+             f"a non-empty list of {list(MODELS)}")
+        need(all(m in self.ldm_models for m in REQUIRED_MODELS), "ldm_models",
+             f"a list holding {list(REQUIRED_MODELS)} (the figures and the primary contrasts need them)")
+        for m in self.ldm_models:
+            need(MODELS[m][5] is None or MODELS[m][5] in self.ldm_models, "ldm_models",
+                 f"every continued model's base in the list ({m} continues {MODELS[m][5]})")
         need(self.ldm_spsnr_latents >= self.ldm_spsnr_groups and self.ldm_spsnr_latents % self.ldm_spsnr_groups == 0,
              "ldm_spsnr_latents", f"a positive multiple of ldm_spsnr_groups ({self.ldm_spsnr_groups})")
 
@@ -136,12 +181,22 @@ class Inputs:
     latent_shape: tuple
 
 
-def load_inputs(cfg: Config, dev, root) -> Inputs:
+def load_inputs(cfg: Config, dev, root, seed: int | None = None, base: Inputs | None = None) -> Inputs:
     """The images (data stage set, or crops / faces / hub images split here), the FID feature network, both VAEs
-    (``checkpoints/vae/{vanilla,af_vae}``) and the training latents, scaled to unit variance (SD's 0.18215)."""
+    of training seed ``seed`` (default the base seed: ``checkpoints/vae/{vanilla,af_vae}``; another seed:
+    ``checkpoints/vae/seed<seed>/...``, the af_vae stage's matching seed) and the training latents, scaled to unit
+    variance (SD's 0.18215). ``base``: the base seed's inputs, whose images and features are reused."""
     from diffusers import AutoencoderKL
 
     root = Path(root)
+    seed = cfg.seed if seed is None else seed
+    vae_dir = vae_checkpoint_root(cfg, root, seed)
+    if seed != cfg.seed and not (vae_dir / "af_vae").exists():
+        raise FileNotFoundError(f"{vae_dir / 'af_vae'} not found: ldm_seeds ({cfg.ldm_seeds}) needs the af_vae stage "
+                                f"to have trained seed {seed} (vae.vae_seeds >= ldm.ldm_seeds; `dvc repro af_vae`)")
+    if base is not None:
+        return _encode(base.dev, base.classifier, _load_vaes(AutoencoderKL, vae_dir, base.dev), base.train_images,
+                       base.test_images)
     if cfg.ldm_dataset in ("natural32", "mnist_m"):  # data-stage sets, with the classifier stage's FID features
         prepared = data.load_prepared(cfg.ldm_dataset, root=str(root / "data"))
         classifier = evaluation.load_classifier(root / "checkpoints" / "classifier" / f"{cfg.ldm_dataset}.pt")
@@ -154,11 +209,19 @@ def load_inputs(cfg: Config, dev, root) -> Inputs:
             images = data.hub_images(cfg.ldm_dataset[4:], cfg.ldm_image_size)
         prepared = data.split(images, None, test_fraction=0.2, seed=cfg.seed)
         classifier = evaluation.random_features(3, seed=cfg.seed, calibrate=prepared["train"])
+    return _encode(dev, classifier, _load_vaes(AutoencoderKL, vae_dir, dev), prepared["train"].to(dev),
+                   prepared["test"].to(dev))
+
+
+def _load_vaes(cls, vae_dir: Path, dev) -> dict:
     vaes = {}
     for k in ("vanilla", "af_vae"):
-        vaes[k] = load_alias_free(AutoencoderKL, root / "checkpoints" / "vae" / k).to(dev).eval()
+        vaes[k] = load_alias_free(cls, vae_dir / k).to(dev).eval()
         use_sdpa(vaes[k])
-    train_images, test_images = prepared["train"].to(dev), prepared["test"].to(dev)
+    return vaes
+
+
+def _encode(dev, classifier, vaes: dict, train_images, test_images) -> Inputs:
     latents, scales = {}, {}
     for k, vae in vaes.items():
         z = ldm.encode_latents(vae, train_images)
@@ -179,9 +242,10 @@ def decoder(inputs: Inputs, vae_key: str):
     return decode
 
 
-def build(cfg: Config, inputs: Inputs, resample: bool, nonlin: bool):
-    """A freshly initialised latent U-Net (weights seeded by ``cfg.seed``), made alias-free as asked."""
-    seed_everything(cfg.seed)
+def build(cfg: Config, inputs: Inputs, resample: bool, nonlin: bool, seed: int | None = None):
+    """A freshly initialised latent U-Net (weights seeded by ``seed``, default the base seed), made alias-free as
+    asked."""
+    seed_everything(cfg.seed if seed is None else seed)
     unet = ldm.latent_unet(tuple(cfg.ldm_channels), latent_channels=inputs.latent_shape[0],
                            sample_size=inputs.latent_shape[-1], layers_per_block=cfg.ldm_layers_per_block)
     if resample or nonlin:
@@ -189,49 +253,58 @@ def build(cfg: Config, inputs: Inputs, resample: bool, nonlin: bool):
     return unet.to(inputs.dev)
 
 
-def train_model(cfg: Config, inputs: Inputs, key: str, trained: dict, root):
-    """Train (or resume) one model of ``MODELS``: from scratch for ``ldm_train_steps``, or, for a row that continues
-    another (already in ``trained``), ``ldm_finetune_steps`` more with the equivariance loss. Returns ``(EMA model,
-    history, summed step seconds)``."""
+def train_model(cfg: Config, inputs: Inputs, key: str, trained: dict, root, seed: int | None = None):
+    """Train (or resume) one model of ``MODELS`` with training seed ``seed`` (default the base seed): from scratch
+    for ``ldm_train_steps``, or, for a row that continues another (already in ``trained``), ``ldm_finetune_steps``
+    more, with the equivariance loss where the row says so. Returns ``(EMA model, history, summed step seconds)``."""
+    seed = cfg.seed if seed is None else seed
     vae_key, resample, nonlin, eq, cfa_loss, start = MODELS[key]
     steps = cfg.ldm_finetune_steps if start else cfg.ldm_train_steps
     fingerprint = dict(model=MODELS[key], channels=list(cfg.ldm_channels), steps=steps,
                        start_steps=cfg.ldm_train_steps, batch=cfg.ldm_batch, lr=cfg.ldm_lr, ema=cfg.ldm_ema_decay,
                        eq_weight=cfg.ldm_eq_weight, stop_grad=cfg.ldm_stop_grad, schedule=cfg.ldm_schedule,
-                       layers=cfg.ldm_layers_per_block, seed=cfg.seed, vae_scale=inputs.scales[vae_key],
+                       layers=cfg.ldm_layers_per_block, seed=seed, vae_scale=inputs.scales[vae_key],
+                       cfa_detach=cfg.ldm_cfa_detach, weight_decay=WEIGHT_DECAY, code_path=code_path(),
                        dataset=cfg.ldm_dataset, image_size=cfg.ldm_image_size, loss_version=2,
                        data=data.checksum(inputs.train_images),  # new images or a retrained VAE: not resumed
                        vae=data.checksum(torch.cat([p.flatten() for p in inputs.vaes[vae_key].state_dict().values()])))
-    run_dir = prepare_run_dir(Path(root) / "checkpoints" / "ldm" / key, fingerprint)
-    unet = build(cfg, inputs, resample, nonlin)
+    run_dir = prepare_run_dir(seed_path(Path(root) / "checkpoints" / "ldm", seed, cfg.seed) / key, fingerprint)
+    unet = build(cfg, inputs, resample, nonlin, seed)
     if start:
         unet.load_state_dict(trained[start].state_dict())
     scheduler = ldm.make_scheduler("ddpm", schedule=cfg.ldm_schedule)
     # indices from a generator on the device seeded by (seed, step): a function of the step alone (exact resume)
-    get_batch = batch_sampler(inputs.latents[vae_key], batch_size=cfg.ldm_batch, seed=cfg.seed, device=inputs.dev)
+    get_batch = batch_sampler(inputs.latents[vae_key], batch_size=cfg.ldm_batch, seed=seed, device=inputs.dev)
     eq_weight = cfg.ldm_eq_weight if eq else 0.0
 
     def loss_fn(m, batch, step):
         z, batch_seed = batch  # timesteps, noise and the shift from a generator on the latents' device
         return ldm.ldm_loss(m, z, scheduler, make_generator(int(batch_seed) + 1, z.device), eq_weight=eq_weight,
-                            cfa=cfa_loss, stop_grad=cfg.ldm_stop_grad)
+                            cfa=cfa_loss, stop_grad=cfg.ldm_stop_grad, cfa_detach=cfg.ldm_cfa_detach)
 
     unet, ema, history = train_loop(unet, loss_fn, get_batch, steps=steps, lr=cfg.ldm_lr, ckpt_dir=run_dir,
                                     ckpt_every=cfg.ldm_ckpt_every, ema_decay=cfg.ldm_ema_decay,
-                                    device=str(inputs.dev), desc=key, log_csv=run_dir / "loss.csv")
+                                    device=str(inputs.dev), desc=key if seed == cfg.seed else f"{key} seed {seed}",
+                                    log_csv=run_dir / "loss.csv", weight_decay=WEIGHT_DECAY)
     model = (ema or unet).to(inputs.dev).eval()
     save_alias_free(copy.deepcopy(model).cpu(), run_dir / "unet")  # loadable on any machine
     return model, history, sum(h["seconds"] for h in history)  # per-step rows survive a resume, a wall clock not
 
 
-def train_rows(cfg: Config, inputs: Inputs, root) -> dict:
-    """Every model of ``MODELS`` in order (continued rows after their base), plus ``"random"``: the AF-LDM
-    architecture untrained. Returns ``{"trained", "histories", "train_seconds"}``."""
+def train_rows(cfg: Config, inputs: Inputs, root, seed: int | None = None) -> dict:
+    """Every model of ``ldm_models`` in ``MODELS``' order (continued rows after their base) with training seed
+    ``seed`` (default the base seed), plus ``"random"``: the AF-LDM architecture untrained. Returns ``{"trained",
+    "histories", "train_seconds"}``."""
     trained, histories, seconds = {}, {}, {}
-    for key in MODELS:
-        trained[key], histories[key], seconds[key] = train_model(cfg, inputs, key, trained, root)
-    trained["random"] = build(cfg, inputs, True, True).eval()
+    for key in (k for k in MODELS if k in cfg.ldm_models):
+        trained[key], histories[key], seconds[key] = train_model(cfg, inputs, key, trained, root, seed)
+    trained["random"] = build(cfg, inputs, True, True, seed).eval()
     return {"trained": trained, "histories": histories, "train_seconds": seconds}
+
+
+def active_rows(trained: dict) -> list:
+    """The rows of ``ROWS`` whose model was trained (``"random"`` always is)."""
+    return [r for r in ROWS if r[2] in trained]
 
 
 def loss_curves(cfg: Config, histories: dict) -> list[dict]:
@@ -258,7 +331,7 @@ def fid_eval(cfg: Config, inputs: Inputs, trained: dict) -> dict:
              torch.randint(0, cfg.ldm_fid_samples, (cfg.ldm_fid_samples,), generator=boot_gen, device="cpu"))
             for _ in range(N_BOOT)]
     fid, fid_boot, samples = {}, {}, {}
-    for key in tqdm(MODELS, desc="FID", leave=False):
+    for key in tqdm([k for k in MODELS if k in trained], desc="FID", leave=False):
         z = torch.cat([ldm.sample(trained[key], fid_noise[i:i + 200], cfg.ldm_sample_steps, schedule=cfg.ldm_schedule)
                        for i in range(0, cfg.ldm_fid_samples, 200)])
         samples[key] = decoder(inputs, MODEL_VAE[key])(z)
@@ -293,7 +366,7 @@ def spsnr_eval(cfg: Config, inputs: Inputs, trained: dict) -> dict:
                         generator=make_generator(cfg.seed + 29, inputs.dev), device=inputs.dev)
     per_group = cfg.ldm_spsnr_latents // cfg.ldm_spsnr_groups
     consistency = {}
-    for row_key, _, key, cfa, _ in tqdm(ROWS, desc="SPSNR", leave=False):
+    for row_key, _, key, cfa, _ in tqdm(active_rows(trained), desc="SPSNR", leave=False):
         latent_db, image_db, step_db = [], [], []
         for g, d in enumerate(groups):
             r = ldm.shift_consistency(trained[key], noise[g * per_group:(g + 1) * per_group], [d],
@@ -313,7 +386,7 @@ def make_table(quality: dict, consistency: dict) -> dict:
     bootstrap resamples). Returns ``{"rows", "by_row", "comparisons"}``."""
     fid, fid_boot, fid_name = quality["fid"], quality["fid_boot"], quality["fid_name"]
     rows = []
-    for row_key, name, key, cfa, paper in ROWS:
+    for row_key, name, key, cfa, paper in (r for r in ROWS if r[0] in consistency):
         c = consistency[row_key]
         row = {"key": row_key, "row": name, "model": key, "cfa_inference": cfa,
                fid_name: None if key == "random" else fid[key][fid_name],
@@ -336,7 +409,7 @@ def make_table(quality: dict, consistency: dict) -> dict:
             out["fid_ratio_boot_se"] = float((fid_boot[ka] / fid_boot[kb]).std())
         return out
 
-    comparisons = {f"{a}_minus_{b}": compare(a, b) for a, b in COMPARISONS}
+    comparisons = {f"{a}_minus_{b}": compare(a, b) for a, b in COMPARISONS if a in by_row and b in by_row}
     return {"rows": rows, "by_row": by_row, "comparisons": comparisons}
 
 
@@ -469,9 +542,63 @@ def time_sampling(cfg: Config, inputs: Inputs, trained: dict, repeats: int = 2) 
             for key in ("ldm_vanilla_vae", "af_ldm") for cfa in (False, True)}
 
 
+def replicate(cfg: Config, inputs: Inputs, root, table: dict) -> dict:
+    """Train and evaluate every model again for each further training seed, in that seed's VAE latent spaces, with
+    the same evaluation noises and shifts (FID and SPSNR). Returns ``{seed: table}`` (``make_table``'s output), the
+    base seed's ``table`` included. Models of a finished seed are dropped before the next one starts."""
+    out = {cfg.seed: table}
+    for seed in tqdm(cfg.seeds[1:], desc="further training seeds"):
+        seed_inputs = load_inputs(cfg, inputs.dev, root, seed, base=inputs)
+        models = train_rows(cfg, seed_inputs, root, seed)
+        quality = fid_eval(cfg, seed_inputs, models["trained"])
+        spsnr = spsnr_eval(cfg, seed_inputs, models["trained"])
+        out[seed] = make_table(quality, spsnr["consistency"])
+        del models, seed_inputs
+    return out
+
+
+def seed_level(cfg: Config, per_seed: dict) -> dict:
+    """Every row's FID and SPSNR as mean +- standard error over training seeds (``table``) and every comparison's
+    paired difference, one number per seed, summarised with ``seeds.contrast_table`` (``contrasts``, keys
+    ``"<comparison>: <metric>"``; primary: ``PRIMARY``, Holm-adjusted)."""
+    seeds = list(per_seed)
+    first = per_seed[seeds[0]]
+    fid_name = next(k for k in first["rows"][0] if k.startswith("FID["))
+    table = []
+    for r in first["rows"]:
+        row = {"key": r["key"], "row": r["row"], "n_seeds": len(seeds)}
+        for m in ("latent_spsnr_db", "image_spsnr_db", fid_name):
+            if r.get(m) is None:
+                continue
+            sm = seed_summary([per_seed[sd]["by_row"][r["key"]][m] for sd in seeds])
+            row[m], row[f"{m}_se_seeds"], row[f"{m}_per_seed"] = sm["mean"], sm["se"], sm["per_seed"]
+        table.append(row)
+    deltas = {}
+    for name, c in first["comparisons"].items():
+        for m, key in (("latent_spsnr", "latent_spsnr_delta_db"), ("image_spsnr", "image_spsnr_delta_db"),
+                       ("FID", "fid_delta")):
+            if key in c:
+                deltas[f"{name}: {m}"] = [per_seed[sd]["comparisons"][name][key] for sd in seeds]
+    return {"seeds": seeds, "table": table, "by_row": {r["key"]: r for r in table},
+            "contrasts": contrast_table(deltas, PRIMARY)}
+
+
+def seed_markdown(level: dict) -> str:
+    """The seed-level contrasts: mean +- SE over seeds, the per-seed values, p and the verdict."""
+    md = "| comparison: metric | mean ± SE over seeds | per seed | p (Holm for primary) | verdict |\n|---|---|---|---|---|\n"
+    for name, c in level["contrasts"].items():
+        p = c["p_holm"] if c["primary"] else c["p"]
+        se = "–" if c["se"] is None else f"{c['se']:.2f}"
+        md += (f"| {name}{' (primary)' if c['primary'] else ''} | {c['mean']:+.2f} ± {se} | "
+               f"{', '.join(f'{v:+.2f}' for v in c['per_seed'])} | {'–' if p is None else f'{p:.3f}'} | "
+               f"{c['verdict']} |\n")
+    return md
+
+
 def summarise(cfg: Config, inputs: Inputs, models: dict, quality: dict, spsnr: dict, table: dict, gap: dict,
-              timing: dict) -> dict:
-    """The stage's metrics (``metrics/30_af_ldm.json``)."""
+              timing: dict, level: dict) -> dict:
+    """The stage's metrics (``metrics/30_af_ldm.json``): the base seed's table and comparisons (errors over
+    latents) and the seed-level ones (``seed_table``, ``seed_contrasts``: errors over training seeds)."""
     dev, fid_name = inputs.dev, quality["fid_name"]
     goal = table["comparisons"]["af_ldm_minus_vanilla_vae_cfa"]  # the paper's: AF-LDM vs vanilla VAE LDM + CFA
     return {
@@ -480,16 +607,24 @@ def summarise(cfg: Config, inputs: Inputs, models: dict, quality: dict, spsnr: d
         "scale": {"dataset": cfg.ldm_dataset, "latent_shape": list(inputs.latent_shape), "vae_factor": inputs.factor,
                   "unet": list(cfg.ldm_channels), "train_steps": cfg.ldm_train_steps,
                   "finetune_steps": cfg.ldm_finetune_steps, "batch": cfg.ldm_batch, "ddim_steps": cfg.ldm_sample_steps,
-                  "schedule": cfg.ldm_schedule, "stop_grad": cfg.ldm_stop_grad, "fid_samples": cfg.ldm_fid_samples,
+                  "schedule": cfg.ldm_schedule, "stop_grad": cfg.ldm_stop_grad, "cfa_detach": cfg.ldm_cfa_detach,
+                  "models": list(cfg.ldm_models), "fid_samples": cfg.ldm_fid_samples,
                   "spsnr_latents": cfg.ldm_spsnr_latents, "spsnr_shifts": [list(d) for d in spsnr["groups"]]},
         "conventions": f"{fid_name}: FID with the classifier stage's features for {cfg.ldm_dataset}, ± bootstrap "
                        f"standard error over {N_BOOT} resamples of samples and test images; latent SPSNR peak = the "
                        "target's per-sample dynamic range on the non-wrapped region, image SPSNR peak 2, per-sample "
                        "PSNR averaged in dB, mean ± standard error over initial latents (paired differences for "
-                       "comparisons); initial noise shifted circularly on the 1/8 latent-pixel grid",
+                       "comparisons); initial noise shifted circularly on the 1/8 latent-pixel grid; seed_table and "
+                       "seed_contrasts: mean ± standard error over training seeds (a contrast paired within each seed "
+                       "over the same latents and shifts), t test on seeds - 1 degrees of freedom; multiple "
+                       "comparisons: " + MULTIPLE_COMPARISONS,
+        "training_seeds": level["seeds"], "code_path": code_path(),
         "table": table["rows"],
         "by_row": table["by_row"],
         "comparisons": table["comparisons"],
+        "seed_table": level["table"],
+        "seed_by_row": level["by_row"],
+        "seed_contrasts": level["contrasts"],
         "per_step_gap_af_ldm_minus_standard": gap,
         "vae_reconstruction_fid": quality["reconstruction_fid"],
         "goal": "AF-LDM image SPSNR >= LDM w/ vanilla VAE + CFA + 5 dB, FID <= 1.3 x that LDM's (paper: 28.06 vs "
@@ -531,7 +666,8 @@ def run(cfg: Config, device: str, out_dir) -> dict:
     sweep = sweep_eval(cfg, inputs, models["trained"])
     frames = pan_frames(cfg, inputs, sweep["pan"])
     timing = time_sampling(cfg, inputs, models["trained"])
-    summary = summarise(cfg, inputs, models, quality, spsnr, table, gap, timing)
+    level = seed_level(cfg, replicate(cfg, inputs, out_dir, table))
+    summary = summarise(cfg, inputs, models, quality, spsnr, table, gap, timing, level)
     fig = figure_per_step(step_rows)
     write_outputs(out_dir, summary, curves, step_rows, sweep["rows"], frames, {"spsnr_per_step.png": fig})
     plt.close(fig)

@@ -11,7 +11,7 @@ for a released model that every fine-tuning starts from; every row's fine-tuning
 repeated per training seed, evaluated on the same test crops, shifts and rFID features, and each comparison is
 summarised over seeds (``seed_level``). The base seed's models make the figures, the timings and the checkpoints
 downstream stages read (``checkpoints/vae/...``); another seed's AF-VAE and vanilla VAE go to
-``checkpoints/vae-seed<seed>/...`` for the af_ldm stage's seeds.
+``checkpoints/vae/seed<seed>/...`` for the af_ldm stage's seeds.
 
 Steps, in the order ``run`` calls them (the notebook calls the same ones): ``load_inputs`` -> ``train_rows`` ->
 ``save_checkpoints`` -> ``loss_table`` -> ``evaluate`` -> ``compare`` -> ``latent_spectra`` / ``dec_spsnr_curve`` ->
@@ -226,7 +226,7 @@ def loss_fn(cfg: Config, eq: bool, perceptual):
 def train_vae(cfg: Config, dev, model, name: str, steps: int, lr: float, eq: bool, alias_free_disc: bool,
               train_x: torch.Tensor, out_dir, seed: int | None = None) -> tuple[torch.nn.Module, list, float]:
     """Train ``model`` (an AutoencoderKL) for ``steps`` with training seed ``seed`` (default the base seed) in
-    ``out_dir/checkpoints/vae/runs/<name>`` (``<name>-seed<seed>`` for another seed; resumable, stamped with the
+    ``out_dir/checkpoints/vae/runs/<name>`` (``<name>/seed<seed>`` for another seed; resumable, stamped with the
     settings); returns (trained VAE in eval mode, history, mean seconds per step)."""
     seed = cfg.seed if seed is None else seed
     perceptual = G.PerceptualFeatures().to(dev) if cfg.perceptual_weight > 0 else None
@@ -296,7 +296,7 @@ def train_rows(cfg: Config, dev, inputs: Inputs, out_dir, seed: int | None = Non
 
 
 def checkpoint_root(cfg: Config, out_dir, seed: int | None = None) -> Path:
-    """``checkpoints/vae`` for the base seed, ``checkpoints/vae-seed<seed>`` for another."""
+    """``checkpoints/vae`` for the base seed, ``checkpoints/vae/seed<seed>`` for another."""
     return seed_path(Path(out_dir) / "checkpoints" / "vae", cfg.seed if seed is None else seed, cfg.seed)
 
 

@@ -4,7 +4,7 @@ The DVC stage is a matrix over ``configs.config_datasets`` x ``configs.configs``
 pair given by ``dataset`` and ``config`` once per training seed (``config_seeds`` of them, ``afcore.stages.seeds``):
 DDPM (Ho et al. Algorithm 1, ``afcore.ddpm``) on the U-Net of ``afcore.config_unet``, through
 ``afcore.train.train_loop`` with resumable checkpoints in ``checkpoints/configs/<dataset>/<config>`` for the base seed
-and ``.../<config>-seed<seed>`` for the others (``unet.pt``: the EMA weights when ``ema_decay`` > 0). Within a seed
+and ``.../<config>/seed<seed>`` for the others (trained after the base seed, whose folder they live in) (``unet.pt``: the EMA weights when ``ema_decay`` > 0). Within a seed
 every config starts from the same generator state, draws the same batches and the same noise: the configs' common
 random numbers.
 

@@ -35,10 +35,12 @@ def training_seeds(base_seed: int, n: int) -> list[int]:
 
 
 def seed_path(path, seed: int, base_seed: int) -> Path:
-    """Where a seed's checkpoints live: ``path`` itself for the base seed (downstream stages read it), else a sibling
-    ``<path>-seed<seed>`` (never inside ``path``, whose run folder is wiped when its settings change)."""
+    """Where a seed's checkpoints live: ``path`` itself for the base seed (downstream stages read it), else
+    ``path/seed<seed>``, inside the folder DVC tracks for the stage. When ``path`` is a resumable run folder, its
+    base seed must be prepared first: a change of settings wipes the folder, the other seeds' runs with it, and they
+    are retrained under the new settings, as they must be."""
     path = Path(path)
-    return path if seed == base_seed else path.with_name(f"{path.name}-seed{seed}")
+    return path if seed == base_seed else path / f"seed{seed}"
 
 
 def t_two_sided_p(t: float, dof: int) -> float:

@@ -11,6 +11,12 @@
   Stop-gradient (``stop_grad``): "none" (the reference's default: gradients through both passes), "shifted" (the
   reference's ``use_stop_grad``: the shifted prediction f(T x) is detached, the loss trains through T f(x)) or
   "target" (T f(x) and the attention's stored keys/values detached, the usual consistency-loss side).
+  Cross-frame attention's stored keys/values (``cfa_detach``, default True): the self-attention inputs recorded in
+  the unshifted pass are detached, as the reference's ``CrossFrameAttnProcessor`` stores ``hidden_states.detach()``,
+  so the shifted pass's keys/values carry no gradient into the unshifted pass; ``cfa_detach=False`` (this
+  workbook's earlier behaviour) lets gradient flow through them too, i.e. the equivariance term also trains the
+  unshifted pass's attention inputs to be good keys/values for the shifted queries. "target" detaches them either
+  way.
 - ``sample`` / ``shift_consistency``: DDIM sampling, optionally anchored on a reference run with cross-frame
   attention (CFA), and the per-sample latent / image SPSNR of AF-LDM's Table 3 and Figures 5-6.
 
@@ -66,21 +72,28 @@ def _masked_shift_error(out, ref, d, stop_grad):
     return err.sum() / (mask.sum() * out.shape[0] * out.shape[1]).clamp_min(1), mask
 
 
-def equivariance_loss(unet, x_t, t, d, stop_grad: str = "none", cfa: bool = True):
+def equivariance_loss(unet, x_t, t, d, stop_grad: str = "none", cfa: bool = True, cfa_detach: bool = True):
     """Masked MSE between unet(T_d x_t) and T_d unet(x_t); returns (loss, mask).
 
     ``unet(x, t)`` must return an object with ``.sample`` (diffusers). ``cfa=True`` anchors the
-    shifted pass's attention on the unshifted pass (cross-frame attention). ``stop_grad``: see the module doc.
+    shifted pass's attention on the unshifted pass (cross-frame attention). ``stop_grad`` and ``cfa_detach``
+    (default True: the stored keys/values carry no gradient, as in the reference): see the module doc.
     """
     _check_stop_grad(stop_grad)
-    ref, out = _paired_passes(unet, x_t, t, d, cfa, stop_grad)
+    ref, out = _paired_passes(unet, x_t, t, d, cfa, stop_grad, cfa_detach)
     return _masked_shift_error(out, ref, d, stop_grad)
 
 
-def _paired_passes(unet, x_t, t, d, cfa, stop_grad):
+def _check_cfa_detach(cfa_detach):
+    if not isinstance(cfa_detach, bool):
+        raise ValueError(f"cfa_detach must be True or False, got {cfa_detach!r}")
+
+
+def _paired_passes(unet, x_t, t, d, cfa, stop_grad, cfa_detach: bool = True):
     """unet(x_t) and unet(T_d x_t) at the same timestep; with ``cfa`` the second anchored on the first (its stored
-    keys/values detached only when the target side is stopped)."""
-    with EquivariantAttention(unet, detach=stop_grad == "target") as eq:
+    keys/values detached when ``cfa_detach`` -- the reference -- or when the target side is stopped)."""
+    _check_cfa_detach(cfa_detach)
+    with EquivariantAttention(unet, detach=cfa_detach or stop_grad == "target") as eq:
         eq.record() if cfa else eq.off()
         ref = unet(x_t, t).sample
         if cfa:
@@ -144,8 +157,11 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float = 0.0, cfa: bool = True,
-             stop_grad: str = "none", max_frac: float = 0.375):
+             stop_grad: str = "none", max_frac: float = 0.375, cfa_detach: bool = True):
     """Epsilon MSE + eq_weight * U-Net equivariance loss; returns (loss, logs).
+
+    ``cfa_detach`` (default True, the reference): the CFA keys/values stored from the unshifted pass carry no
+    gradient; False lets the equivariance term's gradient flow through them as well (see the module doc).
 
     ``generator`` must live on z0's device (the model's): it draws the timesteps, the noise and the shift, in that
     order, where they are used (a generator on another device raises ValueError). The unshifted pass is shared by
@@ -153,6 +169,7 @@ def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float =
     (``train_loop`` reads them back in batches: no device synchronisation per step).
     """
     _check_stop_grad(stop_grad)
+    _check_cfa_detach(cfa_detach)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"ldm_loss: generator must be a torch.Generator on the batch's device, got {generator!r}")
     if not _same_device(generator.device, z0.device):
@@ -166,7 +183,7 @@ def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float =
         diffusion = F.mse_loss(unet(x_t, t).sample, noise)
         return diffusion, {"diffusion": diffusion.detach()}
     d = sample_latent_shift(z0.shape[-2:], generator, max_frac=max_frac)
-    pred, shifted = _paired_passes(unet, x_t, t, d, cfa, stop_grad)
+    pred, shifted = _paired_passes(unet, x_t, t, d, cfa, stop_grad, cfa_detach)
     diffusion = F.mse_loss(pred, noise)
     equiv, _ = _masked_shift_error(shifted, pred, d, stop_grad)
     return diffusion + eq_weight * equiv, {"diffusion": diffusion.detach(), "equivariance": equiv.detach()}

@@ -87,11 +87,12 @@ def pred_x0(sched: dict, n, x_n, out):
 
 
 def i2sb_loss(unet, x0, x1, sched: dict, generator: torch.Generator, ot_ode: bool = False, eq_weight: float = 0.0,
-              cfa: bool = True, stop_grad: str = "none", max_frac: float = 0.375):
+              cfa: bool = True, stop_grad: str = "none", max_frac: float = 0.375, cfa_detach: bool = True):
     """Bridge-matching MSE + eq_weight * the U-Net equivariance loss on x_n; returns (loss, logs).
 
     ``generator`` (on x0's device) draws the indices, the bridge noise and the shift, in that order; the unshifted
-    pass is shared by both terms (and is the CFA reference with ``cfa``)."""
+    pass is shared by both terms (and is the CFA reference with ``cfa``). ``stop_grad`` and ``cfa_detach`` (default
+    True: the stored CFA keys/values carry no gradient, as in the reference) as in ``afcore.ldm.ldm_loss``."""
     n = torch.randint(0, len(sched["betas"]), (x0.shape[0],), generator=generator, device=x0.device)
     x_n = q_sample(sched, n, x0, x1, generator, ot_ode)
     target = label(sched, n, x0, x_n)
@@ -99,7 +100,7 @@ def i2sb_loss(unet, x0, x1, sched: dict, generator: torch.Generator, ot_ode: boo
         loss = F.mse_loss(unet(x_n, n).sample, target)
         return loss, {"bridge": loss.item()}
     d = ldm.sample_latent_shift(x0.shape[-2:], generator, max_frac=max_frac)
-    pred, shifted = ldm._paired_passes(unet, x_n, n, d, cfa, stop_grad)
+    pred, shifted = ldm._paired_passes(unet, x_n, n, d, cfa, stop_grad, cfa_detach)
     bridge = F.mse_loss(pred, target)
     equiv, _ = ldm._masked_shift_error(shifted, pred, d, stop_grad)
     return bridge + eq_weight * equiv, {"bridge": bridge.item(), "equivariance": equiv.item()}

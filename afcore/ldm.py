@@ -11,6 +11,12 @@
   Stop-gradient (``stop_grad``): "none" (the reference's default: gradients through both passes), "shifted" (the
   reference's ``use_stop_grad``: the shifted prediction f(T x) is detached, the loss trains through T f(x)) or
   "target" (T f(x) and the attention's stored keys/values detached, the usual consistency-loss side).
+  Cross-frame attention's stored keys/values (``cfa_detach``, default True): the self-attention inputs recorded in
+  the unshifted pass are detached, as the reference's ``CrossFrameAttnProcessor`` stores ``hidden_states.detach()``,
+  so the shifted pass's keys/values carry no gradient into the unshifted pass; ``cfa_detach=False`` (this
+  workbook's earlier behaviour) lets gradient flow through them too, i.e. the equivariance term also trains the
+  unshifted pass's attention inputs to be good keys/values for the shifted queries. "target" detaches them either
+  way.
 - ``sample`` / ``shift_consistency``: DDIM sampling, optionally anchored on a reference run with cross-frame
   attention (CFA), and the per-sample latent / image SPSNR of AF-LDM's Table 3 and Figures 5-6.
 
@@ -27,12 +33,13 @@ from tqdm.auto import tqdm
 
 from afcore import metrics
 from afcore.attention import EquivariantAttention, use_sdpa
-from afcore.signal import fourier_shift, valid_mask
+from afcore.signal import fourier_shift, shift as crop_shift, valid_mask
 
 __all__ = ["sample_latent_shift", "equivariance_loss", "latent_unet", "make_scheduler", "encode_latents",
-           "ldm_loss", "sample", "shift_consistency", "SCHEDULES", "STOP_GRADS"]
+           "ldm_loss", "sample", "shift_consistency", "SCHEDULES", "STOP_GRADS", "NOISE_SHIFTS"]
 
 STOP_GRADS = ("none", "shifted", "target")
+NOISE_SHIFTS = ("circular", "crop")
 # (beta_start, beta_end) of the scaled-linear schedules, T = 1000, steps_offset 1
 SCHEDULES = {"af-ldm": (0.0015, 0.0195), "sd": (0.00085, 0.012)}
 
@@ -66,21 +73,28 @@ def _masked_shift_error(out, ref, d, stop_grad):
     return err.sum() / (mask.sum() * out.shape[0] * out.shape[1]).clamp_min(1), mask
 
 
-def equivariance_loss(unet, x_t, t, d, stop_grad: str = "none", cfa: bool = True):
+def equivariance_loss(unet, x_t, t, d, stop_grad: str = "none", cfa: bool = True, cfa_detach: bool = True):
     """Masked MSE between unet(T_d x_t) and T_d unet(x_t); returns (loss, mask).
 
     ``unet(x, t)`` must return an object with ``.sample`` (diffusers). ``cfa=True`` anchors the
-    shifted pass's attention on the unshifted pass (cross-frame attention). ``stop_grad``: see the module doc.
+    shifted pass's attention on the unshifted pass (cross-frame attention). ``stop_grad`` and ``cfa_detach``
+    (default True: the stored keys/values carry no gradient, as in the reference): see the module doc.
     """
     _check_stop_grad(stop_grad)
-    ref, out = _paired_passes(unet, x_t, t, d, cfa, stop_grad)
+    ref, out = _paired_passes(unet, x_t, t, d, cfa, stop_grad, cfa_detach)
     return _masked_shift_error(out, ref, d, stop_grad)
 
 
-def _paired_passes(unet, x_t, t, d, cfa, stop_grad):
+def _check_cfa_detach(cfa_detach):
+    if not isinstance(cfa_detach, bool):
+        raise ValueError(f"cfa_detach must be True or False, got {cfa_detach!r}")
+
+
+def _paired_passes(unet, x_t, t, d, cfa, stop_grad, cfa_detach: bool = True):
     """unet(x_t) and unet(T_d x_t) at the same timestep; with ``cfa`` the second anchored on the first (its stored
-    keys/values detached only when the target side is stopped)."""
-    with EquivariantAttention(unet, detach=stop_grad == "target") as eq:
+    keys/values detached when ``cfa_detach`` -- the reference -- or when the target side is stopped)."""
+    _check_cfa_detach(cfa_detach)
+    with EquivariantAttention(unet, detach=cfa_detach or stop_grad == "target") as eq:
         eq.record() if cfa else eq.off()
         ref = unet(x_t, t).sample
         if cfa:
@@ -144,8 +158,11 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float = 0.0, cfa: bool = True,
-             stop_grad: str = "none", max_frac: float = 0.375):
+             stop_grad: str = "none", max_frac: float = 0.375, cfa_detach: bool = True):
     """Epsilon MSE + eq_weight * U-Net equivariance loss; returns (loss, logs).
+
+    ``cfa_detach`` (default True, the reference): the CFA keys/values stored from the unshifted pass carry no
+    gradient; False lets the equivariance term's gradient flow through them as well (see the module doc).
 
     ``generator`` must live on z0's device (the model's): it draws the timesteps, the noise and the shift, in that
     order, where they are used (a generator on another device raises ValueError). The unshifted pass is shared by
@@ -153,6 +170,7 @@ def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float =
     (``train_loop`` reads them back in batches: no device synchronisation per step).
     """
     _check_stop_grad(stop_grad)
+    _check_cfa_detach(cfa_detach)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"ldm_loss: generator must be a torch.Generator on the batch's device, got {generator!r}")
     if not _same_device(generator.device, z0.device):
@@ -166,7 +184,7 @@ def ldm_loss(unet, z0, scheduler, generator: torch.Generator, eq_weight: float =
         diffusion = F.mse_loss(unet(x_t, t).sample, noise)
         return diffusion, {"diffusion": diffusion.detach()}
     d = sample_latent_shift(z0.shape[-2:], generator, max_frac=max_frac)
-    pred, shifted = _paired_passes(unet, x_t, t, d, cfa, stop_grad)
+    pred, shifted = _paired_passes(unet, x_t, t, d, cfa, stop_grad, cfa_detach)
     diffusion = F.mse_loss(pred, noise)
     equiv, _ = _masked_shift_error(shifted, pred, d, stop_grad)
     return diffusion + eq_weight * equiv, {"diffusion": diffusion.detach(), "equivariance": equiv.detach()}
@@ -190,18 +208,35 @@ def sample(unet, z_T: torch.Tensor, steps: int = 20, trajectory: bool = False, p
 
 @torch.no_grad()
 def shift_consistency(unet, z_T: torch.Tensor, shifts, steps: int = 20, cfa: bool = True, decode=None,
-                      factor: int = 8, schedule: str = "af-ldm") -> dict:
-    """Sample from z_T and from T_d z_T for every d in ``shifts`` (circular Fourier shifts in latent pixels).
+                      factor: int = 8, schedule: str = "af-ldm", noise_shift: str = "circular",
+                      latent_peak: str = "range") -> dict:
+    """Sample from z_T and from T_d z_T for every d in ``shifts`` (shifts in latent pixels).
+
+    ``noise_shift`` says how the initial noise is shifted (the step count is ``steps``; AF-LDM's Table 3 uses 50):
+    ``"circular"`` (default): a circular Fourier shift (a circularly shifted white noise is still white noise) and
+    the shifted run's z_0 decoded as it is; ``"crop"``: the reference's Table 3 protocol: the noise shifted with the
+    cropped Fourier shift (``afcore.signal.shift(mode="crop")``, AF-LDM's ``ideal_crop``: the uncovered border is
+    zero, the seam row / column of a negative fractional shift kept) and the shifted run's z_0 multiplied by the
+    valid mask before it is decoded (the reference decodes ``latent * mask``). Either way the PSNRs are taken on the
+    valid mask of the shift, so the two protocols differ only in what the shifted run starts from and decodes.
+    ``latent_peak``: the latent PSNR's peak, ``"range"`` (default: the target's per-sample range on the valid mask,
+    this workbook's convention) or ``"joint-range"`` (the reference's ``mask_psnr``: max - min over both masked
+    latents, here per sample; the reference's script shifts one latent at a time, so per sample is its batch).
 
     With ``cfa`` each shifted run's attention takes keys/values from the one unshifted run, layer by layer and step by
     step. Returns tensors indexed [shift, sample]: ``latent`` (per-sample PSNR of the shifted run's z_0 against T_d
-    of the unshifted run's z_0 on the shift's non-wrapped region, peak = the target's per-sample dynamic range there)
+    of the unshifted run's z_0 on the shift's non-wrapped region, peak = the target's per-sample dynamic range there
+    by default)
     and ``per_step`` [shift, step, sample] (the same after every DDIM step); with ``decode`` also ``image`` (decoded
     outputs, image shift factor * d, peak 2), ``reference`` (decoded unshifted run) and ``frames`` [shift, sample,
     C, H, W] (decoded shifted runs).
     """
     if not len(shifts):
         raise ValueError("shifts must list at least one (dy, dx)")
+    if latent_peak not in metrics.PEAKS:
+        raise ValueError(f"latent_peak must be one of {list(metrics.PEAKS)}, got {latent_peak!r}")
+    if noise_shift not in NOISE_SHIFTS:
+        raise ValueError(f"noise_shift must be one of {list(NOISE_SHIFTS)}, got {noise_shift!r}")
     context = EquivariantAttention(unet) if cfa else contextlib.nullcontext()
     latent, per_step, image, frames = [], [], [], []
     with context as eq:
@@ -212,13 +247,14 @@ def shift_consistency(unet, z_T: torch.Tensor, shifts, steps: int = 20, cfa: boo
         for d in shifts:
             if cfa:
                 eq.use()
-            out, out_traj = sample(unet, fourier_shift(z_T, d), steps, trajectory=True, schedule=schedule)
+            z_d = fourier_shift(z_T, d) if noise_shift == "circular" else crop_shift(z_T, d, mode="crop")[0]
+            out, out_traj = sample(unet, z_d, steps, trajectory=True, schedule=schedule)
             mask = valid_mask(z_T.shape[-2:], d, device=z_T.device)
-            latent.append(metrics.psnr(out, fourier_shift(ref, d), mask, peak="range", per_sample=True))
-            per_step.append(torch.stack([metrics.psnr(o, fourier_shift(r, d), mask, peak="range", per_sample=True)
+            latent.append(metrics.psnr(out, fourier_shift(ref, d), mask, peak=latent_peak, per_sample=True))
+            per_step.append(torch.stack([metrics.psnr(o, fourier_shift(r, d), mask, peak=latent_peak, per_sample=True)
                                          for r, o in zip(ref_traj, out_traj)]))
             if decode is not None:
-                image_out = decode(out)
+                image_out = decode(out if noise_shift == "circular" else out * mask.to(out.dtype))
                 di = (d[0] * factor, d[1] * factor)
                 image_mask = valid_mask(image_ref.shape[-2:], di, device=z_T.device)
                 image.append(metrics.psnr(image_out, fourier_shift(image_ref, di), image_mask, peak=2.0,

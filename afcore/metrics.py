@@ -2,8 +2,10 @@
 
 Taught by notebook 03_equivariance; the conventions are written out in docs/conventions.md. In short:
 - images live in [-1, 1], so PSNR's peak is 2 (``peak=2.0``, StyleGAN3's convention); latents have no fixed range,
-  so their peak is the per-sample dynamic range (max - min) of the target inside the mask (``peak="range"``,
-  AF-LDM's convention);
+  so their peak is the per-sample dynamic range (max - min) of the target inside the mask (``peak="range"``, this
+  workbook's convention). The AF-LDM reference's ``mask_psnr`` takes max - min over *both* masked tensors (the
+  masked-out pixels count as zeros) and over the whole batch: ``peak="joint-range"`` (with ``per_sample=False``;
+  its evaluation script shifts one latent at a time, where both readings coincide);
 - masked PSNR: MSE = sum(mask * err^2) / sum(mask) (the mask broadcast over batch and channels), PSNR =
   20 log10(peak) - 10 log10(MSE); pooled over the whole batch by default, or one value per sample
   (``per_sample=True``);
@@ -49,17 +51,34 @@ def dynamic_range(b: torch.Tensor, mask: torch.Tensor | None = None, per_sample:
     return hi.max() - lo.min()
 
 
+PEAKS = ("range", "joint-range")
+
+
+def joint_range(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None,
+                per_sample: bool = False) -> torch.Tensor:
+    """The AF-LDM reference's PSNR peak (``mask_psnr``): max - min over ``a * mask`` and ``b * mask`` together (pixels
+    outside the mask count as zeros), over the whole batch, or per sample with ``per_sample``."""
+    m = torch.ones((), dtype=a.dtype, device=a.device) if mask is None else mask.to(a.dtype)
+    both = torch.stack([(a * m).to(torch.float64), (b * m).to(torch.float64)], 1)
+    if per_sample:
+        dims = tuple(range(1, both.ndim))
+        return both.amax(dims) - both.amin(dims)
+    return both.max() - both.min()
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, peak: float | str = PEAK,
          per_sample: bool = False) -> torch.Tensor:
     """PSNR in dB: 20 log10(peak) - 10 log10(MSE), MSE pooled over the mask (or per sample).
 
-    ``peak``: a number (2 for images in [-1, 1]) or ``"range"``: the dynamic range (max - min) of the target ``b``
-    inside the mask, per sample when ``per_sample`` (else over the batch) -- the convention for latents.
+    ``peak``: a number (2 for images in [-1, 1]); ``"range"``: the dynamic range (max - min) of the target ``b``
+    inside the mask, per sample when ``per_sample`` (else over the batch) -- this workbook's convention for latents;
+    ``"joint-range"``: the AF-LDM reference's, max - min over both masked tensors (see ``joint_range``).
     """
     if isinstance(peak, str):
-        if peak != "range":
-            raise ValueError(f"peak must be a positive number or 'range', got {peak!r}")
-        p = dynamic_range(b, mask, per_sample).clamp(min=1e-12)
+        if peak not in PEAKS:
+            raise ValueError(f"peak must be a positive number or one of {list(PEAKS)}, got {peak!r}")
+        p = (dynamic_range(b, mask, per_sample) if peak == "range" else joint_range(a, b, mask, per_sample))
+        p = p.clamp(min=1e-12)
         return 20 * torch.log10(p) - 10 * torch.log10(mse(a, b, mask, per_sample).clamp(min=1e-20))
     if peak <= 0:
         raise ValueError(f"peak must be > 0, got {peak!r}")

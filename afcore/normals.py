@@ -311,10 +311,11 @@ class _Out:
 
 
 def yoso_loss(model, cond, target, generator: torch.Generator, p_zero: float = 0.4, train_t: str = "fixed",
-              eq_weight: float = 0.0, stop_grad: str = "none", max_frac: float = 0.375):
+              eq_weight: float = 0.0, stop_grad: str = "none", max_frac: float = 0.375, cfa_detach: bool = True):
     """(loss, logs): x0 MSE of model(cond, sample, t) against the clean normal latent ``target``; with
     ``eq_weight`` > 0 the same unshifted pass is the reference of the equivariance loss (CFA over both networks,
-    sample and condition shifted by the same 1/8-step latent shift, valid mask, ``stop_grad`` as in ``afcore.ldm``)."""
+    sample and condition shifted by the same 1/8-step latent shift, valid mask, ``stop_grad`` and ``cfa_detach``
+    -- default True, the stored keys/values carry no gradient, as in the reference -- as in ``afcore.ldm``)."""
     _check("train_t (normals_train_t)", train_t, TRAIN_T)
     if not 0 <= p_zero <= 1:
         raise ValueError(f"p_zero (normals_p_zero) must be in [0, 1], got {p_zero}")
@@ -331,7 +332,7 @@ def yoso_loss(model, cond, target, generator: torch.Generator, p_zero: float = 0
         return loss, {"x0": loss.item()}
     d = ldm.sample_latent_shift(cond.shape[-2:], generator, max_frac=max_frac)
     joint = _Joint(model)
-    ref, out = ldm._paired_passes(joint, torch.cat([sample, cond], 1), t, d, True, stop_grad)
+    ref, out = ldm._paired_passes(joint, torch.cat([sample, cond], 1), t, d, True, stop_grad, cfa_detach)
     eq, _ = ldm._masked_shift_error(out, ref, d, stop_grad)
     x0 = ((ref - target) ** 2).mean()
     return x0 + eq_weight * eq, {"x0": x0.item(), "eq": eq.item()}

@@ -127,20 +127,45 @@ def valid_mask(size, shift, device=None) -> torch.Tensor:
     return (my[:, None] & mx[None, :]).float()
 
 
-def shift(x: torch.Tensor, shift, mode: str = "circular", impl: str = "fast"):
+CROP_SEAMS = ("keep", "zero")
+
+
+def _inside_frame(size, shift, device=None) -> torch.Tensor:
+    """(H, W) float mask of the output pixels whose source position i - d lies in the half-open frame [0, N)."""
+    h, w = size
+    dy, dx = _check_shift(shift)
+    iy = torch.arange(h, dtype=torch.float64, device=device) - dy
+    ix = torch.arange(w, dtype=torch.float64, device=device) - dx
+    eps = 1e-9
+    my = (iy >= -eps) & (iy < h - eps)
+    mx = (ix >= -eps) & (ix < w - eps)
+    return (my[:, None] & mx[None, :]).float()
+
+
+def shift(x: torch.Tensor, shift, mode: str = "circular", impl: str = "fast", seam: str = "keep"):
     """Shift by (dy, dx) pixels; returns ``(shifted, valid_mask)``.
 
     ``mode="circular"`` wraps around (mask all ones); ``mode="crop"`` fills with zeros the pixels whose source lies
-    outside the frame and the mask marks the pixels that came from inside (StyleGAN3's cropped shift).
+    outside the frame and the mask marks the pixels whose source lies inside it, [0, N-1] (StyleGAN3's cropped
+    shift; AF-LDM's ``ideal_crop``).
+
+    ``seam`` (crop only) decides the pixels whose source lies between the last sample and the wrap-around, in
+    (N-1, N): after a negative fractional shift, the last row / column. ``"keep"`` (default) keeps their band-limited
+    (circular) value, interpolated across the wrap seam, as the AF-LDM reference's ``ideal_crop`` does (it rolls an
+    ideally up-sampled copy and zeroes the up-sampled rows whose source lies outside [0, N), then subsamples); the
+    mask still marks them invalid. ``"zero"`` zero-fills every pixel outside the mask (this workbook's earlier
+    behaviour). Positive and integer shifts give the same result either way.
     """
     x = _check_image(x)
     _check_choice(mode, ("circular", "crop"), "mode")
+    _check_choice(seam, CROP_SEAMS, "seam")
     d = _check_shift(shift)
     out = fourier_shift(x, d, impl=impl)
     if mode == "circular":
         return out, torch.ones(x.shape[-2:], dtype=x.dtype, device=x.device)
     mask = valid_mask(x.shape[-2:], d, device=x.device).to(x.dtype)
-    return out * mask, mask
+    fill = mask if seam == "zero" else _inside_frame(x.shape[-2:], d, device=x.device).to(x.dtype)
+    return out * fill, mask
 
 
 def lanczos_shift(x: torch.Tensor, shift, a: int = 3, normalize: bool = True) -> torch.Tensor:

@@ -67,6 +67,11 @@ def _slice_batch(batch, rank: int, world: int):
     return batch
 
 
+# AdamW's decoupled weight decay: torch's default, which both reference codes (AF-LDM's trainers and Anjum's
+# alias-free DDPM) train with; stages record it in their checkpoint fingerprints
+WEIGHT_DECAY = 0.01
+
+
 def train_loop(
     model: nn.Module,
     loss_fn: Callable,
@@ -77,7 +82,7 @@ def train_loop(
     ckpt_dir: str | Path,
     ckpt_every: int = 0,
     ema_decay: float | None = None,
-    weight_decay: float = 0.0,
+    weight_decay: float = WEIGHT_DECAY,
     grad_clip: float | None = 1.0,
     device: str = "cpu",
     resume: bool = True,
@@ -92,7 +97,9 @@ def train_loop(
 
     ``loss_fn(model, batch, step) -> (loss, logs: dict of floats)``. Checkpoints go to ``ckpt_dir/last.pt`` every
     ``ckpt_every`` steps and at the end; with ``resume`` a run continues from there. ``stop_after`` ends the run
-    early at that step (tests use it to simulate an interruption).
+    early at that step (tests use it to simulate an interruption). The optimizer is AdamW with ``weight_decay``
+    (default ``WEIGHT_DECAY`` = 0.01, torch's default and the references'; 0 turns it off); a resumed run keeps the
+    checkpoint's optimizer hyper-parameters, so record ``weight_decay`` in the run's fingerprint.
 
     ``device``: 'cpu', 'cuda' or 'cuda:N' (resolve 'auto' with ``afcore.device_mod.pick_device`` first). ``amp``: the
     forward pass and loss run under bf16 autocast (weights, optimizer and EMA stay fp32). ``compile``: the forward
@@ -104,6 +111,8 @@ def train_loop(
 
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     device = torch.device(device)

@@ -67,6 +67,60 @@ def test_peak_range_uses_the_targets_per_sample_range_inside_the_mask():
         M.psnr(a, b, peak="max")
 
 
+def _np_shift(v: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """Band-limited circular shift of odd-sized (..., H, W) arrays with numpy's FFT (no Nyquist bin to split)."""
+    h, w = v.shape[-2:]
+    ky, kx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    return np.real(np.fft.ifft2(np.fft.fft2(v) * np.exp(-2j * np.pi * (ky * dy + kx * dx))))
+
+
+def test_per_sample_spsnr_equals_an_independent_per_sample_psnr():
+    """Cropped SPSNR written out with numpy: the input shifted by d with the source frame [0, N) kept, f applied,
+    compared with the shifted f(x) on the pixels whose source lies in [0, N-1]; one PSNR (peak 2) per sample, and
+    the pooled value from the mean of the per-sample MSEs (equal masks)."""
+    x = torch.randn(3, 2, 15, 13, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    blur = lambda v: S.ideal_lowpass(v, 0.3)  # noqa: E731  (circular: not equivariant to cropped shifts)
+    d = (0.75, -1.5)
+    h, w = x.shape[-2:]
+    src_y, src_x = np.arange(h)[:, None] - d[0], np.arange(w)[None, :] - d[1]
+    inside = (src_y >= 0) & (src_y < h) & (src_x >= 0) & (src_x < w)
+    valid = (src_y >= 0) & (src_y <= h - 1) & (src_x >= 0) & (src_x <= w - 1)
+    out = blur(torch.tensor(_np_shift(x.numpy(), *d) * inside)).numpy()
+    target = _np_shift(blur(x).numpy(), *d)
+    mse = ((out - target) ** 2 * valid).sum((1, 2, 3)) / (valid.sum() * x.shape[1])
+    by_hand = 20 * np.log10(2.0) - 10 * np.log10(mse)
+    per = M.spsnr(blur, x, d, per_sample=True)
+    np.testing.assert_allclose(per.numpy(), by_hand, atol=1e-6)
+    assert np.ptp(by_hand) > 0.1  # the samples differ: a pooled value returned per sample would fail
+    pooled = M.spsnr(blur, x, d)
+    assert float(pooled) == pytest.approx(20 * np.log10(2.0) - 10 * np.log10(mse.mean()), abs=1e-6)
+
+
+def test_joint_range_peak_is_the_reference_mask_psnr():
+    """peak="joint-range": AF-LDM's mask_psnr, max - min over a * mask and b * mask and the whole batch, MSE the
+    mean of the per-sample masked MSEs; written out with numpy."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64) + 0.5
+    b = a + 0.1 * torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    b[1, 0, 2, 2] = 9.0  # the batch's maximum, in sample 1 only
+    a[0, 1, 0, 0] = -20.0  # outside the mask: does not count (but the masked zeros do)
+    a[1, 2, 3, 3] = -5.0  # inside: the output counts too (the target-only peak "range" misses it)
+    mask = torch.ones(6, 6, dtype=torch.float64)
+    mask[0, :] = 0
+    an, bn, mn = a.numpy() * mask.numpy(), b.numpy() * mask.numpy(), np.broadcast_to(mask.numpy(), a.shape)
+    i_max = max(an.max(), bn.max()) - min(an.min(), bn.min())
+    mse = (((an - bn) ** 2).sum((1, 2, 3)) / mn.sum((1, 2, 3))).mean()
+    expected = 10 * np.log10(i_max ** 2 / mse)
+    assert float(M.psnr(a, b, mask, peak="joint-range")) == pytest.approx(expected, abs=1e-9)
+    per = M.psnr(a, b, mask, peak="joint-range", per_sample=True)
+    ranges = [max(an[i].max(), bn[i].max()) - min(an[i].min(), bn[i].min()) for i in range(2)]
+    mses = ((an - bn) ** 2).sum((1, 2, 3)) / mn.sum((1, 2, 3))
+    np.testing.assert_allclose(per.numpy(), 10 * np.log10(np.square(ranges) / mses), atol=1e-9)
+    assert float(M.psnr(a, b, mask, peak="joint-range")) != pytest.approx(float(M.psnr(a, b, mask, peak="range")))
+    with pytest.raises(ValueError, match="joint-range"):
+        M.psnr(a, b, peak="joint")
+
+
 def test_per_sample_spsnr_averages_to_the_pooled_value_for_equal_errors_and_mean_sem_is_the_standard_error():
     x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     f = lambda v: v * 1.0  # noqa: E731  (exactly equivariant: infinite SPSNR is clamped, so use a small blur)

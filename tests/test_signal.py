@@ -53,6 +53,61 @@ def test_crop_shift_zero_fills_and_masks_the_border():
     assert ones.all() and torch.allclose(circ, x, atol=1e-6)
 
 
+def _reference_ideal_crop(x: np.ndarray, dy: float, dx: float, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """AF-LDM's ``ideal_crop`` rebuilt from its description with numpy (odd sizes: no Nyquist bin): ideal x r
+    up-sampling by zero-padding the centred spectrum, an integer roll by (r dy, r dx), zeroing the up-sampled rows /
+    columns the roll brought in (the first r d for d >= 0, the last r |d| for d < 0), subsampling every r-th pixel;
+    the mask zeroes the first ceil(d) rows for d >= 0, the last ceil(|d|) for d < 0."""
+    h, w = x.shape
+    spec = np.fft.fftshift(np.fft.fft2(x))
+    big = np.zeros((r * h, r * w), complex)
+    oy, ox = (r * h) // 2 - h // 2, (r * w) // 2 - w // 2  # DC at the centre fftshift uses
+    big[oy:oy + h, ox:ox + w] = spec
+    up = np.real(np.fft.ifft2(np.fft.ifftshift(big))) * r * r
+    si, sj = int(round(dy * r)), int(round(dx * r))
+    rolled = np.roll(up, (si, sj), (0, 1))
+
+    def keep(n, s):
+        k = np.ones(n)
+        if s >= 0:
+            k[:s] = 0
+        else:
+            k[n + s:] = 0
+        return k
+    rolled = rolled * keep(r * h, si)[:, None] * keep(r * w, sj)[None, :]
+    out = rolled[::r, ::r]
+
+    def low(n, d):
+        k = np.ones(n)
+        c = int(np.ceil(abs(d)))
+        if d >= 0:
+            k[:c] = 0
+        elif c:
+            k[n - c:] = 0
+        return k
+    return out, low(h, dy)[:, None] * low(w, dx)[None, :]
+
+
+@pytest.mark.parametrize("d", [(-0.5, 0.25), (0.375, -1.625), (-2.0, 1.0), (-0.125, -0.875)])
+def test_crop_shift_matches_the_reference_ideal_crop_across_the_wrap_seam(d):
+    g = np.random.default_rng(3)
+    x = g.standard_normal((9, 11))
+    ref, ref_mask = _reference_ideal_crop(x, *d, r=8)
+    out, mask = S.shift(torch.tensor(x), d, mode="crop")
+    np.testing.assert_array_equal(mask.numpy(), ref_mask)
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-9)
+    if d[0] < 0 and d[0] % 1:  # the last row's source lies in (H-1, H): interpolated across the seam, not zeroed
+        assert np.abs(out.numpy()[-1, :]).max() > 0.1 and mask[-1].sum() == 0
+    # the earlier behaviour, kept as seam="zero": everything outside the mask is zero
+    old, _ = S.shift(torch.tensor(x), d, mode="crop", seam="zero")
+    np.testing.assert_allclose(old.numpy(), ref * ref_mask, atol=1e-9)
+
+
+def test_crop_shift_names_a_bad_seam():
+    with pytest.raises(ValueError, match="seam must be one of"):
+        S.shift(torch.ones(4, 4), (0.5, 0), mode="crop", seam="wrap")
+
+
 def test_lanczos_shift_is_exact_for_integers_and_close_for_smooth(noise):
     torch.testing.assert_close(S.lanczos_shift(noise, (2, -1)), torch.roll(noise, (2, -1), (-2, -1)))
     smooth = S.ideal_lowpass(noise, 0.3)

@@ -43,13 +43,45 @@ def test_patch_adds_no_parameters_and_keeps_state_dict_keys():
         assert sum(p.numel() for p in model.parameters()) == count
 
 
-def test_switches_off_leave_outputs_unchanged_and_on_changes_them():
-    x = torch.rand(1, 3, 32, 32) * 2 - 1
+def _by_hand_alias_free(vae, resample: bool, nonlinearity: bool):
+    """Forward hooks on a plain VAE that replace each converted module's output by its definition written with
+    ``afcore.signal``: down-sampler = conv at stride 1 then ideal /2, up-sampler = ideal x2 then conv, ResNet
+    nonlinearity = ideal x2, SiLU, ideal /2 (except in the full-resolution blocks). Returns the hook handles."""
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    fn = torch.nn.functional
+    handles = []
+    plain = set(vae.encoder.down_blocks[0].resnets) | set(vae.decoder.up_blocks[-1].resnets)
+    for m in vae.modules():
+        if resample and isinstance(m, Downsample2D):
+            handles.append(m.register_forward_hook(lambda mod, inp, out: signal.downsample(
+                fn.conv2d(inp[0], mod.conv.weight, mod.conv.bias, padding=1), 2)))
+        elif resample and isinstance(m, Upsample2D):
+            handles.append(m.register_forward_hook(lambda mod, inp, out: mod.conv(signal.upsample(inp[0], 2))))
+        elif nonlinearity and isinstance(m, ResnetBlock2D) and m not in plain:
+            handles.append(m.nonlinearity.register_forward_hook(lambda mod, inp, out: signal.downsample(
+                fn.silu(signal.upsample(inp[0], 2)), 2)))
+    return handles
+
+
+@pytest.mark.parametrize("switches", [{"resample": True, "nonlinearity": False},
+                                      {"resample": False, "nonlinearity": True}, {}])
+def test_switches_off_leave_outputs_unchanged_and_on_changes_them(switches):
+    """Off: bit-identical to the plain model. On: exactly the plain model with the switched parts replaced by their
+    definitions (a change of any other kind, or in the wrong modules, fails), and that change is not small."""
+    x = signal.ideal_lowpass(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1, 0.8)
     vanilla = tiny_vae()
     off = make_alias_free(copy.deepcopy(vanilla), resample=False, nonlinearity=False)
     torch.testing.assert_close(_decode(off, x), _decode(vanilla, x), rtol=0, atol=0)
-    on = make_alias_free(copy.deepcopy(vanilla))
-    assert (_decode(on, x) - _decode(vanilla, x)).abs().max() > 1e-3
+    on = make_alias_free(copy.deepcopy(vanilla), **switches)
+    expected_model = copy.deepcopy(vanilla)
+    handles = _by_hand_alias_free(expected_model, switches.get("resample", True), switches.get("nonlinearity", True))
+    assert handles
+    expected = _decode(expected_model, x)
+    torch.testing.assert_close(_decode(on, x), expected, rtol=1e-4, atol=1e-5)
+    assert (expected - _decode(vanilla, x)).abs().max() > 1e-3
 
 
 def test_patched_resamplers_follow_their_definition_and_vae_keeps_full_resolution_plain():

@@ -29,7 +29,7 @@ from afcore.metrics import psnr
 from afcore.signal import shift as crop_shift
 from afcore.stages.common import (ConfigError, StageConfig, batch_sampler, make_generator, mean_sem, out_path,
                                   paired_mean_sem, pick_device, to01, verdict)
-from afcore.train import prepare_run_dir, train_loop
+from afcore.train import WEIGHT_DECAY, prepare_run_dir, train_loop
 from afcore.utils import save_csv, save_figure, save_gif, save_json, seed_everything
 
 # model -> (VAE checkpoint, LDM U-Net checkpoint): LDM-I2SB from the standard LDM, AF-I2SB from AF-LDM
@@ -57,6 +57,7 @@ class Config(StageConfig):
     sr_lr: float = 0.0005
     sr_ema_decay: float = 0.99
     sr_eq_weight: float = 1.0
+    sr_cfa_detach: bool = True
     sr_nfe: int = 10
     sr_eval_images: int = 64
     sr_fid_images: int = 400
@@ -87,6 +88,8 @@ class Config(StageConfig):
             raise ConfigError(f"sr.sr_ema_decay must be in (0, 1), got {self.sr_ema_decay}")
         if self.sr_eq_weight < 0:
             raise ConfigError(f"sr.sr_eq_weight must be >= 0, got {self.sr_eq_weight}")
+        if not isinstance(self.sr_cfa_detach, bool):
+            raise ConfigError(f"sr.sr_cfa_detach must be true or false, got {self.sr_cfa_detach!r}")
 
 
 # ------------------------------------------------------------------ the positive control's pass mark, in one place
@@ -200,7 +203,7 @@ def finetune(cfg: Config, name: str, models: dict, device, root):
     fp = dict(model=MODELS[name], steps=cfg.sr_steps, batch=cfg.sr_batch, lr=cfg.sr_lr, ema=cfg.sr_ema_decay, eq=eq,
               betas=cfg.sr_betas, ot_ode=cfg.sr_ot_ode, degradation=cfg.sr_degradation, dataset=cfg.sr_dataset,
               size=cfg.sr_image_size, train_images=cfg.sr_train_images, seed=cfg.seed,
-              scale=round(m["codec"].scale, 6))
+              scale=round(m["codec"].scale, 6), cfa_detach=cfg.sr_cfa_detach, weight_decay=WEIGHT_DECAY)
     run_dir = prepare_run_dir(Path(root) / "checkpoints/sr" / MODELS[name][1], fp)
     get_batch = batch_sampler(m["x0"], m["x1"], batch_size=cfg.sr_batch, seed=cfg.seed, device=dev)
     sched = models["sched"]
@@ -208,10 +211,11 @@ def finetune(cfg: Config, name: str, models: dict, device, root):
     def loss_fn(model, batch, step):
         x0, x1, s = batch
         return i2sb.i2sb_loss(model, x0, x1, sched, make_generator(int(s) + 1, dev), ot_ode=cfg.sr_ot_ode,
-                              eq_weight=eq, cfa=True)
+                              eq_weight=eq, cfa=True, cfa_detach=cfg.sr_cfa_detach)
 
     model, ema, hist = train_loop(m["unet"], loss_fn, get_batch, steps=cfg.sr_steps, lr=cfg.sr_lr, ckpt_dir=run_dir,
-                                  ckpt_every=max(1, cfg.sr_steps // 4), ema_decay=cfg.sr_ema_decay, device=str(dev),
+                                  ckpt_every=max(1, cfg.sr_steps // 4), ema_decay=cfg.sr_ema_decay,
+                                  weight_decay=WEIGHT_DECAY, device=str(dev),
                                   desc=name, log_csv=run_dir / "loss.csv")
     return (ema or model).to(dev).eval(), hist
 

@@ -284,7 +284,7 @@ def train_model(cfg: Config, lat: Latents, kind: str, steps: int, root, start=No
     """The conditional latent U-Net on ``kind`` noise ("indep": white, "gp": GP noise) for ``steps`` steps,
     resumable in ``root/checkpoints/warp/<kind>``; ``start`` = (name, model) to continue from. Returns
     (EMA model in eval mode, loss history)."""
-    from afcore.train import prepare_run_dir, train_loop
+    from afcore.train import WEIGHT_DECAY, prepare_run_dir, train_loop
 
     if kind not in ("indep", "gp"):
         raise ValueError(f"kind must be 'indep' or 'gp', got {kind!r}")
@@ -292,7 +292,7 @@ def train_model(cfg: Config, lat: Latents, kind: str, steps: int, root, start=No
     fp = dict(kind=kind, channels=list(cfg.warp_channels), steps=steps, start=start and start[0],
               batch=cfg.warp_batch, lr=cfg.warp_lr, ema=cfg.warp_ema_decay, crops=cfg.warp_train_crops,
               size=cfg.warp_frame_size, seed=cfg.seed, scale=round(lat.scale, 6),
-              rff=(cfg.warp_rff_features, cfg.warp_rff_truncation))
+              rff=(cfg.warp_rff_features, cfg.warp_rff_truncation), weight_decay=WEIGHT_DECAY)
     run_dir = prepare_run_dir(Path(root) / "checkpoints" / "warp" / kind, fp)
     seed_everything(cfg.seed)
     unet = VID.sr_unet(tuple(cfg.warp_channels), lat.shape[0], lat.shape[-1])
@@ -312,7 +312,8 @@ def train_model(cfg: Config, lat: Latents, kind: str, steps: int, root, start=No
                            rff_features=cfg.warp_rff_features, rff_truncation=cfg.warp_rff_truncation)
 
     unet, ema, hist = train_loop(unet, loss_fn, get_batch, steps=steps, lr=cfg.warp_lr, ckpt_dir=run_dir,
-                                 ckpt_every=cfg.warp_ckpt_every, ema_decay=cfg.warp_ema_decay, device=str(dev),
+                                 ckpt_every=cfg.warp_ckpt_every, ema_decay=cfg.warp_ema_decay,
+                                 weight_decay=WEIGHT_DECAY, device=str(dev),
                                  desc=f"{kind} model", log_csv=run_dir / "loss.csv")
     return (ema or unet).to(dev).eval(), hist
 

@@ -27,7 +27,7 @@ from afcore.metrics import psnr
 from afcore.signal import shift as crop_shift, valid_mask
 from afcore.stages.common import (ConfigError, StageConfig, mean_sem, out_path, paired_mean_sem, pick_device, to01,
                                   verdict)
-from afcore.train import prepare_run_dir, train_loop
+from afcore.train import WEIGHT_DECAY, prepare_run_dir, train_loop
 from afcore.utils import save_csv, save_gif, save_json, seed_everything
 
 MODELS = {"standard YOSO": "vanilla", "AF-YOSO": "af_vae"}  # model -> its VAE checkpoint (and run folder)
@@ -60,6 +60,7 @@ class Config(StageConfig):
     normals_train_t: str = "fixed"
     normals_eq_weight: float = 1.0
     normals_stop_grad: str = "none"
+    normals_cfa_detach: bool = True
     normals_freeze_base: bool = False
     normals_pretrained_unet: str = ""
     normals_pretrained_af_unet: str = ""
@@ -101,6 +102,8 @@ class Config(StageConfig):
             raise ConfigError(f"normals.normals_p_zero must be in [0, 1], got {self.normals_p_zero}")
         if self.normals_eq_weight < 0:
             raise ConfigError(f"normals.normals_eq_weight must be >= 0, got {self.normals_eq_weight}")
+        if not isinstance(self.normals_cfa_detach, bool):
+            raise ConfigError(f"normals.normals_cfa_detach must be true or false, got {self.normals_cfa_detach!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------- scenes
@@ -227,7 +230,8 @@ def train_model(cfg: Config, name: str, latents: dict, codecs: dict, factor: int
     cond, target = latents[name]["cond"], latents[name]["target"]
     fp = dict(model=name, channels=cfg.normals_channels, steps=cfg.normals_steps, batch=cfg.normals_batch,
               lr=cfg.normals_lr, ema=cfg.normals_ema_decay, p_zero=cfg.normals_p_zero, train_t=cfg.normals_train_t,
-              eq=eq, stop_grad=cfg.normals_stop_grad, freeze=cfg.normals_freeze_base, init=source,
+              eq=eq, stop_grad=cfg.normals_stop_grad, cfa_detach=cfg.normals_cfa_detach, weight_decay=WEIGHT_DECAY,
+              freeze=cfg.normals_freeze_base, init=source,
               scenes=cfg.normals_train_scenes, size=cfg.normals_size, supersample=cfg.normals_supersample,
               light=cfg.normals_light_azimuth, seed=cfg.seed, scale=round(codecs[name].scale, 6),
               code=cfg.normals_code)
@@ -243,12 +247,12 @@ def train_model(cfg: Config, name: str, latents: dict, codecs: dict, factor: int
         c, tgt, s = batch
         g = torch.Generator(device=dev).manual_seed(int(s) + 1)
         return NM.yoso_loss(m, c, tgt, g, p_zero=cfg.normals_p_zero, train_t=cfg.normals_train_t, eq_weight=eq,
-                            stop_grad=cfg.normals_stop_grad)
+                            stop_grad=cfg.normals_stop_grad, cfa_detach=cfg.normals_cfa_detach)
 
     t0 = time.process_time()
     m, ema, hist = train_loop(model, loss_fn, get_batch, steps=cfg.normals_steps, lr=cfg.normals_lr,
                               ckpt_dir=run_dir, ckpt_every=max(1, cfg.normals_steps // 3),
-                              ema_decay=cfg.normals_ema_decay, device=str(dev), desc=name,
+                              ema_decay=cfg.normals_ema_decay, weight_decay=WEIGHT_DECAY, device=str(dev), desc=name,
                               log_csv=run_dir / "loss.csv")
     final = (ema or m).to(dev).eval()
     NM.save_yoso(final, run_dir / "final")

@@ -63,6 +63,7 @@ class Config(StageConfig):
     video_lr: float = 0.001
     video_ema_decay: float = 0.99
     video_eq_weight: float = 1.0
+    video_cfa_detach: bool = True
     video_label_dropout: float = 0.1
     video_strength: float = 0.7
     video_steps: int = 20
@@ -95,6 +96,8 @@ class Config(StageConfig):
             bad("video_ema_decay", "in (0, 1)")
         if self.video_eq_weight < 0:
             bad("video_eq_weight", ">= 0")
+        if not isinstance(self.video_cfa_detach, bool):
+            bad("video_cfa_detach", "true or false")
         if not 0 <= self.video_label_dropout <= 1:
             bad("video_label_dropout", "in [0, 1]")
         if not 0 < self.video_strength <= 1:
@@ -162,14 +165,14 @@ def load_inputs(cfg: Config, device, root) -> tuple[Models, torch.Tensor]:
 def finetune(cfg: Config, models: Models, name: str, train_images: torch.Tensor, sepia_train: torch.Tensor, root):
     """Fine-tune ``models.unets[name]`` class-conditionally (half photo, half sepia, ``video_label_dropout`` null)
     with the LDM loss (+ equivariance with CFA for the AF-LDM); returns (EMA U-Net, loss history)."""
-    from afcore.train import prepare_run_dir, train_loop
+    from afcore.train import WEIGHT_DECAY, prepare_run_dir, train_loop
 
     dev = models.device
     z_photo, z_sepia = models.encode(name, train_images), models.encode(name, sepia_train)
     eq = cfg.video_eq_weight if name == "AF-LDM" else 0.0
     fp = dict(model=MODELS[name], steps=cfg.video_finetune_steps, batch=cfg.video_batch, lr=cfg.video_lr,
               ema=cfg.video_ema_decay, eq=eq, dropout=cfg.video_label_dropout, seed=cfg.seed,
-              scale=round(models.scales[name], 6))
+              scale=round(models.scales[name], 6), cfa_detach=cfg.video_cfa_detach, weight_decay=WEIGHT_DECAY)
     run_dir = prepare_run_dir(Path(root) / "checkpoints/video" / MODELS[name][1], fp)
     wrapped = ED.Conditioned(models.unets[name])
     sched = ldm.make_scheduler("ddpm")
@@ -187,11 +190,12 @@ def finetune(cfg: Config, models: Models, name: str, train_images: torch.Tensor,
     def loss_fn(model, batch, step):
         z, label, s = batch
         model.labels = label
-        return ldm.ldm_loss(model, z, sched, make_generator(int(s) + 1, z.device), eq_weight=eq, cfa=True)
+        return ldm.ldm_loss(model, z, sched, make_generator(int(s) + 1, z.device), eq_weight=eq, cfa=True,
+                            cfa_detach=cfg.video_cfa_detach)
 
     model, ema, hist = train_loop(wrapped, loss_fn, get_batch, steps=cfg.video_finetune_steps, lr=cfg.video_lr,
                                   ckpt_dir=run_dir, ckpt_every=max(1, cfg.video_finetune_steps // 3),
-                                  ema_decay=cfg.video_ema_decay, device=str(dev), desc=name,
+                                  ema_decay=cfg.video_ema_decay, weight_decay=WEIGHT_DECAY, device=str(dev), desc=name,
                                   log_csv=run_dir / "loss.csv")
     return (ema or model).unet.to(dev).eval(), hist
 

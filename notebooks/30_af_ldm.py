@@ -57,6 +57,7 @@ ldm_ckpt_every = 200
 ldm_eq_weight = 1.0
 ldm_stop_grad = "none"
 ldm_cfa_detach = True
+ldm_spsnr_protocol = "workbook"
 ldm_sample_steps = 20
 ldm_fid_samples = 200
 ldm_spsnr_latents = 64

@@ -171,6 +171,7 @@ def test_resume_trains_no_extra_step(stage_run, stage_device, monkeypatch):
     ("ldm_batch", 0, "ldm.ldm_batch"),
     ("ldm_lr", "fast", "ldm_lr"),
     ("ldm_seeds", 0, "ldm.ldm_seeds"),
+    ("ldm_spsnr_protocol", "paper", "ldm.ldm_spsnr_protocol"),
     ("ldm_models", ["af_ldm", "bogus"], "ldm.ldm_models"),
     ("ldm_models", ["ldm_vanilla_vae", "af_ldm", "filtered_nonlinearity_continued"], "ldm.ldm_models"),
 ])
@@ -194,3 +195,24 @@ def test_config_defaults_are_the_notebook_parameters_and_cpu_profile():
 def test_missing_upstream_names_the_stage(tmp_path, smoke_params):
     with pytest.raises(FileNotFoundError, match="data stage"):
         af_ldm.load_inputs(af_ldm.Config.from_params(smoke_params), torch.device("cpu"), tmp_path)
+
+
+@pytest.mark.parametrize("protocol, expected", [("workbook", ("circular", "range")),
+                                                ("reference", ("crop", "joint-range"))])
+def test_spsnr_protocol_reaches_shift_consistency(stage_run, stage_device, monkeypatch, protocol, expected):
+    """``ldm_spsnr_protocol`` picks how Table 3 shifts the initial noise and which latent peak it takes."""
+    cfg, root, _ = stage_run
+    seen = []
+    real = af_ldm.ldm.shift_consistency
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["noise_shift"], kwargs["latent_peak"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(af_ldm.ldm, "shift_consistency", spy)
+    cfg = cfg.replace(ldm_spsnr_protocol=protocol)
+    dev = af_ldm.setup(cfg, stage_device)
+    inputs = af_ldm.load_inputs(cfg, dev, root)
+    trained = {"af_ldm": af_ldm.build(cfg, inputs, True, True).eval(), "random": af_ldm.build(cfg, inputs, True, True)}
+    out = af_ldm.spsnr_eval(cfg, inputs, trained)
+    assert set(seen) == {expected} and set(out["consistency"]) == {"af_ldm", "af_ldm_random"}

@@ -82,6 +82,11 @@ COMPARISONS = [("vanilla_vae_cfa", "vanilla_vae"), ("af_vae", "vanilla_vae"), ("
                ("eq_loss_no_cfa", "filtered_nonlinearity_continued"), ("af_ldm", "filtered_nonlinearity_continued"),
                ("filtered_nonlinearity_continued", "filtered_nonlinearity"),
                ("plain_unet_eq_loss", "ldm_af_vae_continued")]
+# Table 3's SPSNR protocol -> (how the initial noise is shifted, the latent PSNR's peak): ours shifts circularly (a
+# circularly shifted white noise is white noise) with each target's range as peak; the reference's script crops the
+# shifted noise (zero border), decodes latent * mask and takes the range over both latents. The DDIM step count is
+# ldm_sample_steps either way (the reference: 50).
+SPSNR_PROTOCOLS = {"workbook": ("circular", "range"), "reference": ("crop", "joint-range")}
 REQUIRED_MODELS = ("ldm_vanilla_vae", "filtered_nonlinearity", "af_ldm", "filtered_nonlinearity_continued")
 # pre-registered primary contrasts (Holm family): the paper's headline and the loss against its control
 PRIMARY = ["af_ldm_minus_vanilla_vae_cfa: image_spsnr", "af_ldm_minus_vanilla_vae_cfa: latent_spsnr",
@@ -109,6 +114,7 @@ class Config(StageConfig):
     ldm_eq_weight: float = 1.0
     ldm_stop_grad: str = "none"
     ldm_cfa_detach: bool = True
+    ldm_spsnr_protocol: str = "workbook"
     ldm_sample_steps: int = 20
     ldm_fid_samples: int = 200
     ldm_spsnr_latents: int = 64
@@ -150,6 +156,7 @@ class Config(StageConfig):
         need(self.ldm_eq_weight >= 0, "ldm_eq_weight", ">= 0")
         need(self.ldm_fid_samples >= 2, "ldm_fid_samples", ">= 2 (FID needs 2 samples)")
         need(self.ldm_seeds >= 1, "ldm_seeds", ">= 1")
+        need(self.ldm_spsnr_protocol in SPSNR_PROTOCOLS, "ldm_spsnr_protocol", list(SPSNR_PROTOCOLS))
         need(len(self.ldm_models) > 0 and all(m in MODELS for m in self.ldm_models), "ldm_models",
              f"a non-empty list of {list(MODELS)}")
         need(all(m in self.ldm_models for m in REQUIRED_MODELS), "ldm_models",
@@ -369,9 +376,11 @@ def spsnr_eval(cfg: Config, inputs: Inputs, trained: dict) -> dict:
     for row_key, _, key, cfa, _ in tqdm(active_rows(trained), desc="SPSNR", leave=False):
         latent_db, image_db, step_db = [], [], []
         for g, d in enumerate(groups):
+            noise_shift, latent_peak = SPSNR_PROTOCOLS[cfg.ldm_spsnr_protocol]
             r = ldm.shift_consistency(trained[key], noise[g * per_group:(g + 1) * per_group], [d],
                                       steps=cfg.ldm_sample_steps, cfa=cfa, decode=decoder(inputs, MODEL_VAE[key]),
-                                      factor=inputs.factor, schedule=cfg.ldm_schedule)
+                                      factor=inputs.factor, schedule=cfg.ldm_schedule, noise_shift=noise_shift,
+                                      latent_peak=latent_peak)
             latent_db.append(r["latent"][0])
             image_db.append(r["image"][0])
             step_db.append(r["per_step"][0])
@@ -608,13 +617,19 @@ def summarise(cfg: Config, inputs: Inputs, models: dict, quality: dict, spsnr: d
                   "unet": list(cfg.ldm_channels), "train_steps": cfg.ldm_train_steps,
                   "finetune_steps": cfg.ldm_finetune_steps, "batch": cfg.ldm_batch, "ddim_steps": cfg.ldm_sample_steps,
                   "schedule": cfg.ldm_schedule, "stop_grad": cfg.ldm_stop_grad, "cfa_detach": cfg.ldm_cfa_detach,
-                  "models": list(cfg.ldm_models), "fid_samples": cfg.ldm_fid_samples,
+                  "models": list(cfg.ldm_models), "spsnr_protocol": cfg.ldm_spsnr_protocol,
+                  "fid_samples": cfg.ldm_fid_samples,
                   "spsnr_latents": cfg.ldm_spsnr_latents, "spsnr_shifts": [list(d) for d in spsnr["groups"]]},
         "conventions": f"{fid_name}: FID with the classifier stage's features for {cfg.ldm_dataset}, ± bootstrap "
-                       f"standard error over {N_BOOT} resamples of samples and test images; latent SPSNR peak = the "
-                       "target's per-sample dynamic range on the non-wrapped region, image SPSNR peak 2, per-sample "
-                       "PSNR averaged in dB, mean ± standard error over initial latents (paired differences for "
-                       "comparisons); initial noise shifted circularly on the 1/8 latent-pixel grid; seed_table and "
+                       f"standard error over {N_BOOT} resamples of samples and test images; "
+                       + ("latent SPSNR peak = the target's per-sample dynamic range on the non-wrapped region; "
+                          "initial noise shifted circularly on the 1/8 latent-pixel grid; "
+                          if cfg.ldm_spsnr_protocol == "workbook" else
+                          "the reference's protocol: latent SPSNR peak = max - min over both masked latents, initial "
+                          "noise shifted with the cropped shift (zero border) on the 1/8 latent-pixel grid, the "
+                          "shifted run decoded from latent * mask; ")
+                       + "image SPSNR peak 2, per-sample PSNR averaged in dB, mean ± standard error over initial "
+                       "latents (paired differences for comparisons); seed_table and "
                        "seed_contrasts: mean ± standard error over training seeds (a contrast paired within each seed "
                        "over the same latents and shifts), t test on seeds - 1 degrees of freedom; multiple "
                        "comparisons: " + MULTIPLE_COMPARISONS,

@@ -33,6 +33,7 @@ video_batch = 32
 video_lr = 0.001
 video_ema_decay = 0.99
 video_eq_weight = 1.0
+video_cfa_detach = True
 video_label_dropout = 0.1
 video_strength = 0.7
 video_steps = 20

@@ -43,6 +43,7 @@ sr_batch = 32
 sr_lr = 0.0005
 sr_ema_decay = 0.99
 sr_eq_weight = 1.0
+sr_cfa_detach = True
 sr_nfe = 10
 sr_eval_images = 64
 sr_fid_images = 400

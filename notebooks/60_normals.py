@@ -50,6 +50,7 @@ normals_p_zero = 0.4
 normals_train_t = "fixed"
 normals_eq_weight = 1.0
 normals_stop_grad = "none"
+normals_cfa_detach = True
 normals_freeze_base = False
 normals_pretrained_unet = ""
 normals_pretrained_af_unet = ""

@@ -122,3 +122,26 @@ def test_space_indices():
     assert idx[0] == 0 and idx[-1] == 999 and len(set(idx)) == 21
     with pytest.raises(ValueError, match="sr_nfe"):
         i2sb.space_indices(1000, 1)
+
+
+def test_i2sb_loss_cfa_detach_defaults_to_the_reference_and_changes_only_the_gradient():
+    """cfa_detach (default True, the reference's): the stored CFA keys/values carry no gradient. The loss value is
+    the same either way; the gradients differ (False adds the path through the stored keys/values), and the
+    default's equal cfa_detach=True's."""
+    from afcore import ldm
+
+    torch.manual_seed(0)
+    unet = ldm.latent_unet((8, 16), latent_channels=4, sample_size=8, groups=4)
+    s = i2sb.bridge_schedule()
+    x0, x1 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)), \
+        torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    def run(**kw):
+        loss, _ = i2sb.i2sb_loss(unet, x0, x1, s, torch.Generator().manual_seed(3), eq_weight=1.0, **kw)
+        grads = torch.autograd.grad(loss, list(unet.parameters()))
+        return loss.detach(), torch.cat([g.flatten() for g in grads])
+
+    (l_def, g_def), (l_true, g_true), (l_false, g_false) = run(), run(cfa_detach=True), run(cfa_detach=False)
+    torch.testing.assert_close(l_def, l_false)
+    torch.testing.assert_close(g_def, g_true, rtol=1e-5, atol=1e-7)
+    assert (g_false - g_true).norm() > 0.01 * g_true.norm()

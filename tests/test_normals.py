@@ -200,3 +200,24 @@ def test_pointwise_control_is_exactly_equivariant_under_cropped_shifts():
     with torch.no_grad():
         sp = metrics.spsnr(lambda x: ctrl.decoder(ctrl(x)), z, (0.0, 0.625), scale=1.0, per_sample=True)
     assert (sp > 200).all()  # float64 rounding
+
+
+def test_yoso_loss_cfa_detach_defaults_to_the_reference_and_changes_only_the_gradient():
+    """cfa_detach (default True, the reference's): the CFA keys/values stored from the unshifted pass carry no
+    gradient. Same loss value either way; False adds the gradient through them; the default equals True."""
+    model = _tiny(alias_free=True).train()
+    cond = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(**kw):
+        g = torch.Generator(device="cpu").manual_seed(5)
+        loss, _ = NM.yoso_loss(model, cond, target, g, p_zero=0.0, eq_weight=1.0, **kw)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss.detach(), torch.cat([(torch.zeros_like(p) if gr is None else gr).flatten()
+                                         for p, gr in zip(params, grads)])
+
+    (l_def, g_def), (l_true, g_true), (l_false, g_false) = run(), run(cfa_detach=True), run(cfa_detach=False)
+    torch.testing.assert_close(l_def, l_false)
+    torch.testing.assert_close(g_def, g_true, rtol=1e-5, atol=1e-8)
+    assert (g_false - g_true).norm() > 0.01 * g_true.norm()

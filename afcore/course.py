@@ -87,14 +87,14 @@ def match_reference(x: torch.Tensor, ref: torch.Tensor) -> dict:
     Neither number alone is a fair score of an attempt to remove aliasing: a flat grey image has error fraction
     exactly 1 (it loses the reference's whole energy but adds none), and a filter that blurs everything away drifts
     towards that value from above. ``recovers`` therefore asks for both a small error and a high correlation."""
-    xd = x.to(torch.float64) - x.to(torch.float64).mean()
-    rd = ref.to(torch.float64) - ref.to(torch.float64).mean()
+    x64, ref64 = x.to(torch.float64), ref.to(torch.float64)
+    xd, rd = x64 - x64.mean(), ref64 - ref64.mean()
     ref_energy = float(rd.pow(2).mean())
-    if ref_energy <= 1e-24 * float(ref.to(torch.float64).pow(2).mean()):  # constant up to rounding
+    if ref_energy <= 1e-24 * float(ref64.pow(2).mean()):  # constant up to rounding
         raise ValueError("the reference is constant: there is nothing to match")
     flat = float(xd.pow(2).mean()) <= 1e-24 * ref_energy  # constant up to the rounding of its mean
     denom = float(xd.pow(2).sum().sqrt() * rd.pow(2).sum().sqrt())
-    return {"error_fraction": _energy(x.to(torch.float64) - ref.to(torch.float64)) / ref_energy,
+    return {"error_fraction": _energy(x64 - ref64) / ref_energy,
             "correlation": 0.0 if flat else float((xd * rd).sum()) / denom}
 
 

@@ -242,7 +242,8 @@ def split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: floa
 
 def load_prepared(name: str, root: str = "data") -> dict:
     """Read a data set written by the data stage (``data/<name>.pt``), with a clear error when it is missing, and
-    check each split against the sha256 the data stage stored beside it (a damaged or edited file is refused)."""
+    check each split against the sha256 the data stage stored beside it (a damaged or edited file is refused) and the
+    stored data-set name against ``name`` (a file of another data set renamed into place is refused)."""
     from pathlib import Path
 
     if name not in DATASETS:
@@ -253,8 +254,19 @@ def load_prepared(name: str, root: str = "data") -> dict:
     try:
         parts = torch.load(path, weights_only=False)
     except Exception as exc:  # a truncated or overwritten archive
-        raise ValueError(f"{path} cannot be read ({exc}): re-create it with `dvc repro data`") from exc
-    for split, expected in parts.get("sha256", {}).items():
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}): re-create it with `dvc repro data`"
+                         ) from exc
+    if not isinstance(parts, dict) or "sha256" not in parts:
+        raise ValueError(f"{path} is not a data set written by the data stage (no stored sha256): re-create it with "
+                         "`dvc repro data`")
+    found = parts.get("name")
+    if found is None:
+        raise ValueError(f"{path} was written by an older data stage that did not record the data set's name, so it "
+                         f"cannot be checked to hold {name!r}: re-create it with `dvc repro data`")
+    if found != name:
+        raise ValueError(f"{path} holds the data set {found!r}, expected {name!r} (a file of another data set was "
+                         f"copied or renamed into place): re-create it with `dvc repro data`")
+    for split, expected in parts["sha256"].items():
         if checksum(parts[split]) != expected:
             raise ValueError(f"{path}: the {split!r} split does not match the sha256 the data stage recorded: the file "
                              "was changed after it was written; re-create it with `dvc repro data`")

@@ -386,10 +386,30 @@ def _rgb8(a: np.ndarray, where: str) -> np.ndarray:
     raise ValueError(f"{where}: an array of shape {a.shape} is not an image (expected H x W, or H x W x 1/3/4)")
 
 
+def _read_frames(imageio, p, files):
+    """The frames of a GIF (``files`` None) or of the image files ``files``, one at a time; a file that cannot be
+    decoded (damaged, truncated, not an image) raises a ValueError naming it instead of the decoder's own error."""
+    if files is None:
+        try:
+            frames = imageio.mimread(p)
+        except Exception as exc:
+            raise ValueError(f"{str(p)!r} cannot be read as a GIF ({type(exc).__name__}: {exc}): the file is damaged, "
+                             "truncated or not a GIF; replace it") from exc
+        yield from frames
+        return
+    for f in files:
+        try:
+            frame = imageio.imread(f)
+        except Exception as exc:
+            raise ValueError(f"{str(p)!r} frame {f.name} cannot be read as an image ({type(exc).__name__}: {exc}): "
+                             "the file is damaged, truncated or not an image; replace or remove it") from exc
+        yield frame
+
+
 def read_video(path: str, size: int | None = None, max_frames: int | None = None) -> torch.Tensor:
     """Frames (T, 3, H, W) in [-1, 1] of a video file (OpenCV; GIFs and image folders also through imageio),
     centre-cropped to a square and area-resized to ``size`` when given. Grey frames become three equal channels;
-    frames of different sizes, or not 8-bit, are refused with the offending frame named."""
+    frames of different sizes, not 8-bit, or that cannot be decoded, are refused with the offending frame named."""
     from pathlib import Path
 
     p = Path(path)
@@ -400,11 +420,11 @@ def read_video(path: str, size: int | None = None, max_frames: int | None = None
         import imageio.v2 as imageio
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")) if p.is_dir() \
             else None
-        reader = (imageio.imread(f) for f in files) if files is not None else imageio.mimread(p)
-        for j, a in enumerate(reader):
-            frames.append(_rgb8(np.asarray(a), f"{path!r} frame {files[j].name if files else j}"))
+        for j, a in enumerate(_read_frames(imageio, p, files)):
+            label = files[j].name if files else j
+            frames.append(_rgb8(np.asarray(a), f"{path!r} frame {label}"))
             if frames[-1].shape != frames[0].shape:
-                raise ValueError(f"{path!r}: frame {files[j].name if files else j} is {frames[-1].shape[0]}x"
+                raise ValueError(f"{path!r}: frame {label} is {frames[-1].shape[0]}x"
                                  f"{frames[-1].shape[1]} pixels but the first is {frames[0].shape[0]}x"
                                  f"{frames[0].shape[1]}: all frames of a clip must have one size")
             if max_frames and len(frames) >= max_frames:

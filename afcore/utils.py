@@ -33,12 +33,13 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Write ``path`` through a temporary file in its folder (``write(tmp)``), then rename: a crash never leaves a
-    half-written file. The file gets the usual mode (0666 less the umask), not ``mkstemp``'s private 0600."""
+def _atomic_write(path: Path, write, suffix: str = ".tmp") -> Path:
+    """Write ``path`` through a temporary file in its folder (``write(tmp)``), then rename: a crash, or an exception
+    raised by ``write``, never leaves a half-written file. The file gets the usual mode (0666 less the umask), not
+    ``mkstemp``'s private 0600. ``suffix`` ends the temporary name (for writers that go by the extension)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)

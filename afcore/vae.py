@@ -219,10 +219,10 @@ def load_pretrained_vae(source: str, local_files_only: bool | None = None):
     try:
         model = AutoencoderKL.from_pretrained(repo, subfolder=subfolder or None, local_files_only=local_files_only)
     except Exception as exc:  # not cached, offline, unreachable hub, gated repo ...
-        where = "not in the local Hugging Face cache" if local_files_only else "could not be downloaded"
+        where = "are not in the local Hugging Face cache" if local_files_only else "could not be downloaded"
         raise RuntimeError(
             f"vae_pretrained={source!r}: the weights of hub id {repo!r}"
-            f"{f' (subfolder {subfolder!r})' if subfolder else ''} are {where} ({type(exc).__name__}: {exc}). "
+            f"{f' (subfolder {subfolder!r})' if subfolder else ''} {where} ({type(exc).__name__}: {exc}). "
             f"Download them once on a machine with network (e.g. `AutoencoderKL.from_pretrained({repo!r}"
             f"{f', subfolder={subfolder!r}' if subfolder else ''})` or `huggingface-cli download {repo}`) into the "
             f"cache, or save them with save_pretrained and point vae_pretrained at that local directory; "

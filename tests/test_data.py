@@ -183,7 +183,8 @@ def test_load_prepared_refuses_a_changed_or_damaged_file(tmp_path):
     from afcore.utils import save_torch
 
     train, test = torch.rand(4, 1, 8, 8), torch.rand(2, 1, 8, 8)
-    parts = {"train": train, "test": test, "sha256": {"train": data.checksum(train), "test": data.checksum(test)}}
+    parts = {"train": train, "test": test, "name": "mnist",
+             "sha256": {"train": data.checksum(train), "test": data.checksum(test)}}
     save_torch(parts, tmp_path / "mnist.pt")
     assert torch.equal(data.load_prepared("mnist", root=tmp_path)["train"], train)
     edited = dict(parts, train=train.clone().index_fill_(0, torch.tensor([0]), 0.5))
@@ -193,3 +194,23 @@ def test_load_prepared_refuses_a_changed_or_damaged_file(tmp_path):
     (tmp_path / "mnist.pt").write_bytes((tmp_path / "mnist.pt").read_bytes()[:100])
     with pytest.raises(ValueError, match="cannot be read"):
         data.load_prepared("mnist", root=tmp_path)
+
+
+def test_load_prepared_refuses_a_file_of_another_data_set(tmp_path):
+    """A sound file of another data set renamed into place passes its own sha256, so the stored name is checked; a
+    file without a name (an older data stage) is refused too, both naming the file and `dvc repro data`."""
+    from afcore.utils import save_torch
+
+    train, test = torch.rand(4, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    parts = {"train": train, "test": test, "name": "mnist_m",
+             "sha256": {"train": data.checksum(train), "test": data.checksum(test)}}
+    save_torch(parts, tmp_path / "mnist_m.pt")
+    assert torch.equal(data.load_prepared("mnist_m", root=tmp_path)["test"], test)
+    (tmp_path / "mnist_m.pt").rename(tmp_path / "mnist.pt")
+    with pytest.raises(ValueError, match="holds the data set 'mnist_m', expected 'mnist'") as info:
+        data.load_prepared("mnist", root=tmp_path)
+    assert str(tmp_path / "mnist.pt") in str(info.value) and "dvc repro data" in str(info.value)
+    save_torch({k: v for k, v in parts.items() if k != "name"}, tmp_path / "mnist.pt")
+    with pytest.raises(ValueError, match="did not record the data set's name") as info:
+        data.load_prepared("mnist", root=tmp_path)
+    assert str(tmp_path / "mnist.pt") in str(info.value) and "dvc repro data" in str(info.value)

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from workbook import params as params_mod
-from afcore.utils import REPO_ROOT, _umask
+from afcore.utils import REPO_ROOT, _atomic_write
 
 _CELL = re.compile(r"^# %%(.*)$", re.M)
 
@@ -124,14 +124,12 @@ def run_notebook(notebook: str | Path, parameters: dict, output: str | Path, cwd
             f"{notebook}: parameters {unknown} are passed but not declared in its parameters cell "
             f"(declared: {sorted(declared)})"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=".ipynb")
-    os.close(fd)
     pfd, pfile = tempfile.mkstemp(suffix=".yaml")
     os.close(pfd)
     Path(pfile).write_text(yaml.safe_dump(parameters))
     bindir = Path(sys.executable).parent
-    try:
+
+    def execute_into(tmp):
         convert = subprocess.Popen(
             [str(bindir / "jupytext"), "--to", "ipynb", "--set-kernel", "python3", "--output", "-", str(notebook)],
             stdout=subprocess.PIPE,
@@ -153,12 +151,11 @@ def run_notebook(notebook: str | Path, parameters: dict, output: str | Path, cwd
                     f"longer support it (the values were accepted: the notebook's prose describes other values).\n"
                     f"    {claim}")
             raise RuntimeError(f"papermill failed on {notebook} (see the cell error above)")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private (0600); a report is not
-        os.replace(tmp, output)
+
+    try:  # papermill goes by the extension, so the temporary report ends in .ipynb too
+        _atomic_write(output, execute_into, suffix=".ipynb")
     finally:
-        for f in (tmp, pfile):
-            if os.path.exists(f):
-                os.remove(f)
+        os.remove(pfile)
     return output
 
 

@@ -98,6 +98,97 @@ assert metrics["moving_alias"]["sample_gap"] < 1e-9 and d_alias < -2 * d
 print(f"content moves {d:+.2f} samples, its alias moves {d_alias:+.3f} samples")
 
 # %% [markdown]
+# ### The whole picture: apparent frequency against input frequency
+#
+# Sweep the input frequency from 0 to a little over twice the sampling rate and plot the frequency the samples show
+# (`afcore.course_figures.plot_sawtooth`, which draws `course.fold`). The curve is a sawtooth — strictly a triangle
+# wave: it rises with slope +1 up to $f_s/2$, falls with slope −1 back to 0 at $f_s$, and repeats with period $f_s$.
+# The frequencies of the plot above are marked. On the falling (shaded) stretches the spectrum is mirrored, which is
+# why an alias there moves backwards; on the rising stretches above $f_s$ (e.g. $f_s$ to $1.5 f_s$) it moves
+# forwards, still at the wrong speed.
+#
+# The curve is a formula; to check it independently we take 4000 samples of each marked cosine and find the largest
+# bin of their DFT, a measurement with no folding formula in it.
+
+# %%
+from afcore import course_figures as cf
+
+fig, ax = plt.subplots(figsize=(9, 3.6))
+f_curve, fa_curve = cf.plot_sawtooth(ax, fs=sample_rate, f_max=2.3 * sample_rate, marks=frequencies)
+ax.set_xlabel(f"input frequency (sampling rate {sample_rate:g})")
+ax.set_title("Apparent frequency of a sampled sinusoid: a triangle wave of period fs (shaded: mirrored)")
+ax.legend(fontsize=8, loc="upper right")
+save_figure(fig, f"{FIG}/apparent_frequency.png")
+plt.show()
+
+
+def dft_peak(f, fs, n=4000):
+    """Frequency of the largest DFT bin of n samples of cos(2 pi f t) taken at rate fs."""
+    spec = np.abs(np.fft.rfft(np.cos(2 * np.pi * f * np.arange(n) / fs)))
+    return float(np.fft.rfftfreq(n, 1 / fs)[np.argmax(spec)])
+
+
+sweep = [0.13, 0.37, 0.62, 0.88, 1.21, 1.74, 2.05]  # multiples of fs, off the DC / Nyquist points
+saw = [{"frequency": r * sample_rate, "apparent": float(cf.apparent_frequency(r * sample_rate, sample_rate)),
+        "dft_peak": dft_peak(r * sample_rate, sample_rate)} for r in sweep]
+metrics["apparent_frequency"] = {"curve_max": float(fa_curve.max()), "checks": saw,
+                                 "largest_gap": max(abs(c["apparent"] - c["dft_peak"]) for c in saw)}
+print(metrics["apparent_frequency"])
+assert metrics["apparent_frequency"]["largest_gap"] <= sample_rate / 4000  # one DFT bin
+assert metrics["apparent_frequency"]["curve_max"] <= sample_rate / 2 + 1e-12  # never above Nyquist
+
+# %% [markdown]
+# **What to notice.** The DFT peak of every test cosine lies on the curve, to within one DFT bin
+# (`apparent_frequency.largest_gap`), and the curve never rises above $f_s/2$. A network that sees only samples sees
+# only the vertical axis of this plot: every input frequency on a horizontal line through the curve looks the same.
+#
+# ### The same fact in the frequency domain: replicas
+#
+# Sampling multiplies the signal by a comb of impulses, so its spectrum becomes the sum of copies (replicas) of the
+# original spectrum centred on every multiple of $f_s$. Below we draw a signal whose spectrum is a triangle of
+# half-width $B$, with its positive-frequency half blue and its negative half orange so that a copy's orientation
+# can be read (`course_figures.draw_replicas`). The samples hold one period of the sum, the white strip
+# $|f| \le f_s/2$. If $B < f_s/2$ the copies do not touch and the baseband can be cut out again (sampling theorem).
+# If $B > f_s/2$ the orange half of the copy at $f_s$ reaches into the strip: the part of the spectrum above
+# $f_s/2$ reappears mirrored below it (hatched), the same folding as the sawtooth's falling stretch.
+#
+# The diagram is computed, not sketched: a signal on a grid 8 times finer than the sample grid stands in for the
+# continuous one (its spectrum, a triangle of half-width $B/8$ cycles per fine sample, is exactly the triangle), and
+# keeping every 8th fine sample must give exactly the sum of replicas the diagram draws.
+
+# %%
+FINE = 8
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), sharey=True)
+replicas = {}
+for ax, band in zip(axes, (0.35, 0.7)):
+    overlap = cf.draw_replicas(ax, band=band, period=1.0, nyquist=0.5, f_span=2.2,
+                               title=f"sampling a spectrum of half-width B = {band:g} fs")
+    ax.set_xlabel("frequency (cycles per sample, fs = 1)")
+    n_fine = 8 * 60 * FINE
+    fine = np.real(np.fft.ifft(cf.triangle(np.fft.fftfreq(n_fine), band / FINE)))  # spectrum: the triangle, exactly
+    samples = fine[::FINE]
+    f_s = np.fft.fftfreq(samples.size)
+    predicted = cf.replica_sum(f_s, band, cf.replica_centres(1.0, -0.5, 0.5, band), height=1 / FINE)
+    replicas[f"B={band:g}"] = {"aliased_fraction_of_baseband": overlap,
+                               "dft_vs_replica_sum": float(np.abs(np.abs(np.fft.fft(samples)) - predicted).max())}
+axes[0].set_ylabel("magnitude")
+axes[1].legend(fontsize=8, loc="upper right")
+save_figure(fig, f"{FIG}/sampling_replicas.png")
+plt.show()
+metrics["sampling_replicas"] = replicas
+print(replicas)
+assert all(r["dft_vs_replica_sum"] < 1e-12 for r in replicas.values())
+assert replicas["B=0.35"]["aliased_fraction_of_baseband"] == 0.0
+assert 0.08 < replicas["B=0.7"]["aliased_fraction_of_baseband"] < 0.10  # "about 9%" below
+
+# %% [markdown]
+# **What to notice.** On the left the copies leave a gap around $\pm f_s/2$: nothing is lost. On the right the
+# copy centred on $f_s$ overlaps the baseband from $f_s - B = 0.3$ up to Nyquist; the overlap adds
+# `sampling_replicas["B=0.7"].aliased_fraction_of_baseband` (about 9%) to the baseband's area in $[0, f_s/2]$,
+# and once added it cannot be told apart from the baseband. In both cases the DFT of the actual samples equals the
+# drawn sum of copies to round-off (`dft_vs_replica_sum` below $10^{-12}$).
+
+# %% [markdown]
 # ## 2. Aliasing in 2-D: the zone plate
 #
 # A zone plate $\cos(\pi f_{max} r^2 / R)$ has a local frequency $f_{max} r / R$ that grows linearly with the
@@ -150,6 +241,34 @@ axes[1, 1].set_xlabel("x (pixels)")
 course.colorbar_beside(fig, axes[1, 1], im)
 save_figure(fig, f"{FIG}/zone_plate.png", dpi=fig.dpi)
 plt.show()
+
+# %% [markdown]
+# ### The code behind the ideal low-pass
+#
+# `signal.ideal_lowpass` runs on the real FFT with a cached mask (its fast path). What it computes fits in four
+# lines: take the 2-D DFT, keep the bins with $|f_y|, |f_x| < $ `cutoff`/2 cycles/sample, give bins exactly on the
+# edge half weight (for an even size the edge bin is shared between $+f$ and $-f$: the split-Nyquist convention of
+# `docs/signal.md`), and transform back. The library also keeps a plain reference path, `impl="ref"`: the same
+# filter as an explicit circulant matrix per axis. All three must agree on the zone plate to float32 round-off
+# (tolerance $10^{-5}$ on values in [−1, 1]).
+
+# %%
+def ideal_lowpass_readable(img, cutoff):
+    """Square ideal low-pass at `cutoff` (fraction of Nyquist), edge bins at half weight."""
+    def mask_1d(n):
+        f = torch.fft.fftfreq(n, dtype=torch.float64).abs()
+        return (f < cutoff / 2 - 1e-9).double() + 0.5 * ((f - cutoff / 2).abs() < 1e-9).double()
+    spectrum = torch.fft.fft2(img.double().cpu())
+    return torch.fft.ifft2(spectrum * mask_1d(img.shape[-2])[:, None] * mask_1d(img.shape[-1])[None, :]).real
+
+
+low_fast = signal.ideal_lowpass(zp, 1.0 / decimation).double().cpu()
+reference_gaps = {"readable_vs_fast": float((ideal_lowpass_readable(zp, 1.0 / decimation) - low_fast).abs().max()),
+                  "ref_vs_fast": float((signal.ideal_lowpass(zp, 1.0 / decimation, impl="ref").double().cpu()
+                                        - low_fast).abs().max())}
+metrics["reference_path"] = reference_gaps
+print(reference_gaps)
+assert max(reference_gaps.values()) < 1e-5
 
 
 # %% [markdown]

@@ -28,7 +28,8 @@
 # shift of each group of initial latents is drawn like the training shifts: multiples of 1/8 latent pixel, up to
 # 0.375 of the latent size per axis; the initial noise is shifted circularly (a circular shift of white noise is
 # still white noise) and outputs are compared on the non-wrapped region. Latent peak = each target latent's dynamic
-# range inside that region (AF-LDM's convention for latents), image peak 2 (images in $[-1, 1]$); PSNRs are per
+# range inside that region (this workbook's convention; the reference takes max − min over both masked latents:
+# `ldm_spsnr_protocol = "reference"`), image peak 2 (images in $[-1, 1]$); PSNRs are per
 # sample, averaged in dB over samples; tables give mean ± standard error over the initial latents, and two rows are
 # compared by the mean ± standard error of their per-latent difference (the same latents and shifts enter every row).
 #

@@ -239,7 +239,7 @@ def train_vae(cfg: Config, dev, model, name: str, steps: int, lr: float, eq: boo
                        perceptual=cfg.perceptual_weight, gan=cfg.gan_weight, gan_start=cfg.gan_start,
                        disc=cfg.disc_channels, seed=seed, crop=cfg.crop_size, n_train=cfg.n_train,
                        dataset=cfg.vae_dataset, pretrained=cfg.vae_pretrained, pretrain_steps=cfg.vae_pretrain_steps,
-                       data=data.checksum(train_x), weight_decay=WEIGHT_DECAY, code_path=code_path())
+                       data=data.checksum(train_x), weight_decay=WEIGHT_DECAY, code_path=code_path(), crop_seam="keep")
     slug = re.sub("[^a-z0-9]+", "_", name.lower()).strip("_")
     run_dir = prepare_run_dir(seed_path(Path(out_dir) / "checkpoints" / "vae" / "runs" / slug, seed, cfg.seed),
                               fingerprint)

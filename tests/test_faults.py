@@ -117,3 +117,18 @@ def test_unet_checkpoint_faults(tmp_path, how):
     _damage(path, how)
     with pytest.raises(ValueError, match=str(path)):
         config_unet.load_unet(path)
+
+
+def test_unreachable_hub_vae_message_reads_as_a_sentence(monkeypatch):
+    import diffusers
+
+    from afcore import vae
+
+    def unreachable(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(diffusers.AutoencoderKL, "from_pretrained", unreachable)
+    for local, where in ((False, "could not be downloaded"), (True, "are not in the local Hugging Face cache")):
+        with pytest.raises(RuntimeError) as info:
+            vae.load_pretrained_vae("afcore-test/no-such-vae", local_files_only=local)
+        assert f"the weights of hub id 'afcore-test/no-such-vae' {where} (OSError: no network)" in str(info.value)

@@ -7,7 +7,7 @@ PROFILE ?= cpu
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install repro test lab book bench bench-train exercises profile clean-venv check-claims claims smoke smoke-gpu
+.PHONY: install repro test lab book bench bench-train exercises profile clean-venv check-claims claims smoke smoke-gpu metrics
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ lab: install
 
 bench: install
 	python -m workbook.bench
+
+# every metric, one `key  value` line each, grouped by file (dvc metrics show prints one very wide table)
+metrics: install
+	python -m workbook.metrics
 
 # the course site: the executed theory notebooks (reports/, from make repro) and docs/course.md as a static HTML book
 book: install

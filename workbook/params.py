@@ -80,7 +80,11 @@ def build(profile: str, root: Path = REPO_ROOT) -> dict:
 def _load_yaml(path: Path) -> dict:
     if not Path(path).exists():
         raise ParamsError(f"{path}: file not found")
-    data = yaml.safe_load(Path(path).read_text())
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:  # damaged, truncated mid-token, or not text
+        raise ParamsError(f"{path}: not valid YAML ({type(exc).__name__}: {exc}); fix the file or rewrite it with "
+                          "`python -m workbook.params use <profile>`") from exc
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at top level")
     return data

@@ -205,17 +205,15 @@ class ConfigUNet(nn.Module):
 
 
 def save_unet(model: ConfigUNet, path) -> None:
-    from afcore.utils import save_torch
+    from afcore.utils import save_checkpoint
 
-    save_torch({"init_args": model.init_args, "state_dict": model.state_dict()}, path)
+    save_checkpoint({"init_args": model.init_args, "state_dict": model.state_dict()}, path)
 
 
 def load_unet(path) -> ConfigUNet:
-    from pathlib import Path
+    from afcore.utils import load_checkpoint
 
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path} not found: run the configs_train stage first (`dvc repro configs_train`)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, "a Config U-Net checkpoint", "configs_train")
     model = ConfigUNet(**state["init_args"])
     model.load_state_dict(state["state_dict"])
     return model.eval()

@@ -155,18 +155,16 @@ def classifier_loss(model, batch, step):
 
 
 def save_classifier(model: DigitClassifier, path) -> None:
-    from afcore.utils import save_torch
+    from afcore.utils import save_checkpoint
 
-    save_torch({"init_args": model.init_args, "state_dict": model.state_dict(),
-                "feature_kind": getattr(model, "feature_kind", "clf")}, path)
+    save_checkpoint({"init_args": model.init_args, "state_dict": model.state_dict(),
+                     "feature_kind": getattr(model, "feature_kind", "clf")}, path)
 
 
 def load_classifier(path) -> DigitClassifier:
-    from pathlib import Path
+    from afcore.utils import load_checkpoint
 
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path} not found: run the classifier stage first (`dvc repro classifier`)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, "a classifier checkpoint", "classifier")
     model = DigitClassifier(**state["init_args"])
     if "feature_scale" not in state["state_dict"]:
         raise ValueError(f"{path} was saved by an older DigitClassifier (per-dimension standardised features): "

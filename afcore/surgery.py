@@ -185,10 +185,19 @@ def load_alias_free(model_cls, path: str | Path, impl: str | None = None) -> nn.
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
-    model = model_cls.from_pretrained(path)
+    fix = "re-run the stage that saved it (`dvc repro`)"
+    try:
+        model = model_cls.from_pretrained(path)
+    except Exception as exc:  # diffusers / safetensors errors of a damaged or foreign folder
+        raise ValueError(f"{path} cannot be loaded as a {model_cls.__name__} ({type(exc).__name__}: {exc}); "
+                         f"{fix}") from exc
     patch_file = path / PATCH_FILE
     if patch_file.exists():
-        patch = json.loads(patch_file.read_text())
-        if patch["resample"] or patch["nonlinearity"]:
+        try:
+            patch = json.loads(patch_file.read_text())
+            flags = bool(patch["resample"]) or bool(patch["nonlinearity"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{patch_file}: not a patch record written by save_alias_free ({exc}); {fix}") from exc
+        if flags:
             make_alias_free(model, **patch, impl=impl)
     return model.eval()

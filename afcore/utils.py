@@ -61,6 +61,41 @@ def save_torch(obj, path: str | Path) -> Path:
     return _atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
+def state_checksum(state_dict: dict) -> str:
+    """sha256 over a state dict's names and tensor bytes (CPU, contiguous): stored beside the weights so a damaged
+    file is refused instead of loaded."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """``save_torch`` of ``state`` (holding a ``state_dict``) with its ``sha256`` added."""
+    return save_torch(dict(state, sha256=state_checksum(state["state_dict"])), path)
+
+
+def load_checkpoint(path: str | Path, what: str, stage: str) -> dict:
+    """Read a file written by ``save_checkpoint``; a missing, unreadable, damaged or altered file raises an error
+    naming the file, ``what`` it should hold and the DVC ``stage`` that re-creates it."""
+    fix = f"re-create it with `dvc repro {stage}`"
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} not found: run the {stage} stage first (`dvc repro {stage}`)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        stored, actual = state.get("sha256"), state_checksum(state["state_dict"])
+    except Exception as exc:  # torch / pickle / zip errors of a damaged file, or another kind of file
+        raise ValueError(f"{path} cannot be read as {what} ({type(exc).__name__}: {exc}); {fix}") from exc
+    if stored is None:
+        raise ValueError(f"{path} holds {what} without a checksum (written by an older version); {fix}")
+    if stored != actual:
+        raise ValueError(f"{path}: the weights do not match their recorded sha256 (the file was damaged); {fix}")
+    return state
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

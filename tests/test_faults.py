@@ -1,7 +1,6 @@
 """Fault test: each kind of input a stage reads is corrupted, truncated and swapped with another of its kind once;
 loading must raise a clear error naming the file (or parameter), never a raw pickle / decoder error and never
-succeed silently. Loaders outside this test's reach that still fail are marked xfail(strict): fixing them turns the
-mark into a failure, so it is removed then."""
+succeed silently."""
 from __future__ import annotations
 
 import numpy as np
@@ -92,10 +91,6 @@ def test_params_yaml_faults(tmp_path, how):
     assert str(path) in str(info.value) or "base" in str(info.value)
 
 
-UNFIXED = "loader outside this task's files: raw torch/pickle/diffusers error, see the report for the fix"
-
-
-@pytest.mark.xfail(strict=True, reason=UNFIXED)
 @pytest.mark.parametrize("how", ["corrupt", "truncate"])
 def test_classifier_checkpoint_faults(tmp_path, how):
     from afcore import evaluation
@@ -107,7 +102,6 @@ def test_classifier_checkpoint_faults(tmp_path, how):
         evaluation.load_classifier(path)
 
 
-@pytest.mark.xfail(strict=True, reason=UNFIXED)
 @pytest.mark.parametrize("how", ["corrupt", "truncate"])
 def test_unet_checkpoint_faults(tmp_path, how):
     from afcore import config_unet
@@ -132,3 +126,25 @@ def test_unreachable_hub_vae_message_reads_as_a_sentence(monkeypatch):
         with pytest.raises(RuntimeError) as info:
             vae.load_pretrained_vae("afcore-test/no-such-vae", local_files_only=local)
         assert f"the weights of hub id 'afcore-test/no-such-vae' {where} (OSError: no network)" in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["corrupt", "truncate"])
+def test_alias_free_folder_faults(tmp_path, how):
+    from diffusers import UNet2DModel
+
+    from afcore import surgery
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8, layers_per_block=1)
+    surgery.make_alias_free(unet, resample=True, nonlinearity=False)
+    surgery.save_alias_free(unet, tmp_path / "unet")
+    patch = tmp_path / "unet" / surgery.PATCH_FILE
+    weights = next(p for p in (tmp_path / "unet").iterdir() if p.suffix in (".safetensors", ".bin"))
+    _damage(patch, how)
+    with pytest.raises(ValueError, match=surgery.PATCH_FILE):
+        surgery.load_alias_free(UNet2DModel, tmp_path / "unet")
+    patch.unlink()
+    _damage(weights, "truncate")
+    with pytest.raises(ValueError, match="cannot be loaded as a UNet2DModel"):
+        surgery.load_alias_free(UNet2DModel, tmp_path / "unet")

@@ -222,7 +222,12 @@ def validate(params: dict, root: Path = REPO_ROOT) -> dict:
 def load(path: str | Path | None = None, root: Path = REPO_ROOT) -> dict:
     """Load and validate params.yaml (the pipeline's single source of parameters)."""
     path = Path(path) if path else root / "params.yaml"
-    return validate(_load_yaml(path), root)
+    try:
+        return validate(_load_yaml(path), root)
+    except ParamsError as err:
+        if str(path) in str(err):
+            raise
+        raise ParamsError(f"{path}: {err}") from err
 
 
 def render(params: dict) -> str:

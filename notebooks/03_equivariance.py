@@ -297,7 +297,7 @@ save_figure(fig, f"{FIG}/frame_average.png")
 plt.show()
 results["frame_average_error_fraction"] = sticking
 print(sticking)
-assert sticking["standard"] > 10 * sticking["alias-free"]
+assert not CLAIMS or sticking["standard"] > 10 * sticking["alias-free"]
 
 # %% [markdown]
 # **What to notice.** The alias-free network's frame average is the smooth horizontal motion blur its equivariance

@@ -72,7 +72,8 @@ def draw_replicas(ax, band: float, period: float, nyquist: float, height: float 
     multiple of ``period``, each with its positive-frequency half in blue and its negative half in orange so a
     mirrored copy can be told apart; the band ``|f| <= nyquist`` the samples can hold is the white strip, and where
     two copies overlap inside it (aliasing) the sum is hatched red. ``lowpass``: an ideal filter edge drawn dashed.
-    Returns the overlap (aliased) area inside ``[0, nyquist]`` as a fraction of the baseband's area there."""
+    Returns the area the other copies add where they overlap the baseband inside ``[0, nyquist]`` (aliasing), as a
+    fraction of the baseband's area there; an image that lies beside the baseband (expansion) adds nothing to it."""
     f_span = f_span if f_span is not None else 2.5 * period
     f = np.linspace(-f_span, f_span, 4001)
     ax.axvspan(-f_span, -nyquist, color="0.92", lw=0)
@@ -101,7 +102,7 @@ def draw_replicas(ax, band: float, period: float, nyquist: float, height: float 
     ax.set_title(title, fontsize=9)
     fp = (f >= 0) & (f <= nyquist)
     base_area = float(base[fp].sum())
-    return float((total - base)[fp].sum() / base_area) if base_area > 0 else 0.0
+    return float(((total - base) * overlap)[fp].sum() / base_area) if base_area > 0 else 0.0
 
 
 # ----------------------------------------------------------------------------------------------- filtered activation

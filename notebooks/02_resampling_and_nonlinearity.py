@@ -182,6 +182,61 @@ rows
 # Kaiser reconstruction less again, the ideal one none (round-off).
 
 # %% [markdown]
+# ### Decimation and expansion as replica diagrams
+#
+# Both results follow from one picture (`afcore.course_figures.draw_replicas`; blue: positive-frequency half,
+# orange: negative half). **Decimation** by 2 (keep every 2nd sample) stretches the spectrum by 2, halves it, and
+# repeats it at every whole cycle per *new* sample: a band of half-width $B$ cycles/sample becomes $2B$, and if
+# $2B > 0.5$ neighbouring copies overlap (hatched) — unless a low-pass at the new Nyquist cut the band to
+# $B \le 0.25$ first. **Expansion** by 2 (zero insertion) squeezes the spectrum by 2 and leaves a copy (an *image*)
+# centred on 0.5 cycles per new sample; the reconstruction low-pass (dashed green, cutoff 0.25) must remove it —
+# nearest and bilinear interpolation only attenuate it, which is the energy outside the square above. Each diagram
+# is checked against the DFT of a real signal whose spectrum is the triangle (tolerance $10^{-12}$).
+
+# %%
+from afcore import course_figures as cf
+
+n_tri = 480
+tri_freq = np.fft.fftfreq(n_tri)
+cases = [("decimate by 2, B = 0.35", 0.35, "down"), ("low-pass to B = 0.25, then decimate by 2", 0.25, "down"),
+         ("expand by 2 (zero insertion), B = 0.4", 0.4, "up")]
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.4), sharey=True)
+replica_rows = {}
+for ax, (title, band, kind) in zip(axes, cases):
+    tri = np.real(np.fft.ifft(cf.triangle(tri_freq, band)))  # a real signal whose spectrum is the triangle
+    if kind == "down":
+        out, width, period, height = tri[::2], 2 * band, 1.0, 0.5
+        overlap = cf.draw_replicas(ax, band=width, period=period, nyquist=0.5, height=height, f_span=1.6, title=title)
+    else:
+        out = np.zeros(2 * n_tri)
+        out[::2] = tri
+        width, period, height = band / 2, 0.5, 1.0
+        overlap = cf.draw_replicas(ax, band=width, period=period, nyquist=0.5, height=height, f_span=1.6,
+                                   lowpass=0.25, title=title)
+    f_out = np.fft.fftfreq(out.size)
+    predicted = cf.replica_sum(f_out, width, cf.replica_centres(period, -0.5, 0.5, width), height)
+    replica_rows[title] = {"aliased_fraction_of_baseband": overlap,
+                           "dft_vs_replica_sum": float(np.abs(np.abs(np.fft.fft(out)) - predicted).max())}
+    ax.set_xlabel("frequency (cycles per new sample)")
+axes[0].set_ylabel("magnitude")
+axes[2].legend(fontsize=7, loc="upper right")
+save_figure(fig, f"{FIG}/resampling_replicas.png")
+plt.show()
+metrics["resampling_replicas"] = replica_rows
+print(replica_rows)
+assert all(r["dft_vs_replica_sum"] < 1e-12 for r in replica_rows.values())
+assert replica_rows[cases[0][0]]["aliased_fraction_of_baseband"] > 0.05
+assert replica_rows[cases[1][0]]["aliased_fraction_of_baseband"] == 0.0
+assert replica_rows[cases[2][0]]["aliased_fraction_of_baseband"] == 0.0  # images sit outside |f| < 0.25
+
+# %% [markdown]
+# **What to notice.** Left: the stretched band (0.7) overlaps its neighbours inside the new band (hatched), so the
+# decimated samples are aliased; middle: after the low-pass the copies just touch at ±0.5 and nothing overlaps.
+# Right: expansion adds no overlap, but the image centred on ±0.5 fills the outer half of the new band, and only
+# the low-pass (green) separates it from the baseband. In every panel the DFT of the actual signal equals the
+# drawn sum of copies (`dft_vs_replica_sum`).
+
+# %% [markdown]
 # ## 3. Nonlinearities create frequencies, and where they fold
 #
 # Take a band-limited signal (a 1-D sum of sinusoids below `signal_cutoff` of Nyquist, i.e. below
@@ -366,6 +421,83 @@ rows
 # than 2x, but removing the Nyquist bin takes SPSNR above 120 dB: their whole error was that DFT artefact, not
 # folding. For ReLU, whose kink has strong harmonics in the folding bands of §3, 4x clearly beats 2x once the
 # Nyquist bin is gone: that error was folding. `make bench` measures the time.
+#
+# ### One filtered activation, stage by stage
+#
+# What does the filtered nonlinearity do to a spectrum (StyleGAN3, Fig. 3)? `course_figures.filtered_activation_stages`
+# writes it out in plain lines — zero insertion, the 13-tap Kaiser low-pass with gain 2 (up-sampling), the
+# activation on the 2x grid, the same low-pass, every 2nd sample kept. First we check that these readable lines
+# compute what the fast layer computes (`layers.FilteredActivation(..., method="kaiser")`, fused polyphase code) on
+# the 2-D image, to $10^{-10}$ in float64; the library's own reference path (`impl="ref"`) must agree too.
+#
+# Then a 1-D line of two sinusoids (0.133 and 0.367 cycles/sample, on DFT bins) goes through ReLU. All frequencies
+# are in **cycles per input sample**: the 2x grid reaches 1.0. Each panel overlays the filter's response (green,
+# right axis). Look at the activated spectrum: ReLU's harmonics fill the whole 2x band, and those above 0.5 would
+# fold on the input grid; the low-pass removes what lies in its stop-band, and what survives above 0.5 (its
+# transition band straddles 0.5) folds when every 2nd sample is dropped.
+
+# %%
+fa_taps = signal.kaiser_taps(2, kaiser_numtaps, kaiser_beta, False, True).to(torch.float64).to(dev)
+stages2d = cf.filtered_activation_stages(img, ACTS["relu"], 2, fa_taps, dims=(-2, -1))
+fa_layer = layers.FilteredActivation(ACTS["relu"], **kaiser, impl="fast").to(dev)
+stage_check = {"readable_vs_fast": float((stages2d["output"] - fa_layer(img)).abs().max()),
+               "ref_vs_fast": float((layers.FilteredActivation(ACTS["relu"], **kaiser, impl="ref").to(dev)(img)
+                                     - fa_layer(img)).abs().max())}
+assert max(stage_check.values()) < 1e-10, stage_check
+
+n_line = 256
+tt = torch.arange(n_line, dtype=torch.float64, device=dev)
+tones = (34, 94)  # DFT bins: 34/256 = 0.133, 94/256 = 0.367 cycles/sample
+line2 = 0.8 * torch.cos(2 * np.pi * tones[0] * tt / n_line) + 0.6 * torch.cos(2 * np.pi * tones[1] * tt / n_line + 1)
+st = cf.filtered_activation_stages(line2, ACTS["relu"], 2, fa_taps)
+panels = [("input (1x grid)", st["input"], 1), ("up-sampled (2x grid)", st["upsampled"], 2),
+          ("ReLU on the 2x grid", st["activated"], 2), ("low-passed (2x grid)", st["lowpassed"], 2),
+          ("output: every 2nd sample (1x grid)", st["output"], 1)]
+plain_f, plain_p = cf.power_spectrum(ACTS["relu"](line2), 1)
+resp_f = np.linspace(0, 1.0, 801)
+response = course.dtft(fa_taps, resp_f / 2)  # the taps live on the 2x grid: f input cycles = f/2 there
+fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.0 * len(panels)), sharex=True)
+stage_energy = {}
+for ax, (title, sig, rate) in zip(axes, panels):
+    fq, pw = cf.power_spectrum(sig, rate)
+    ax.semilogy(fq[1:], pw[1:] + 1e-16, lw=0.9, color="C0")
+    if title.startswith("output"):
+        ax.semilogy(plain_f[1:], plain_p[1:] + 1e-16, lw=0.7, color="C3", alpha=0.7, label="plain ReLU (no filter)")
+        ax.legend(fontsize=7, loc="upper right")
+    ax.axvline(0.5, color="r", ls="--", lw=1)
+    ax.set_ylim(1e-12, 1)
+    ax.set_ylabel("power")
+    ax.set_title(title, fontsize=9, loc="left")
+    ax2 = ax.twinx()
+    ax2.plot(resp_f, response, color="g", lw=1, alpha=0.8)
+    ax2.set_ylim(0, 1.15)
+    ax2.set_ylabel("filter gain", color="g", fontsize=8)
+    total = pw[1:].sum()
+    stage_energy[title] = float(pw[1:][fq[1:] > 0.5 + 1e-9].sum() / total) if total > 0 else 0.0
+axes[-1].set_xlim(0, 1.0)
+axes[-1].set_xlabel("frequency (cycles per input sample; red: input Nyquist 0.5, the 2x grid ends at 1.0)")
+save_figure(fig, f"{FIG}/filtered_activation_stages.png")
+plt.show()
+plain_alias = cf.power_spectrum(ACTS["relu"](line2), 1)
+metrics["filtered_activation_stages"] = {
+    "check": stage_check, "tones": [t / n_line for t in tones],
+    "energy_above_input_nyquist": {"activated": stage_energy["ReLU on the 2x grid"],
+                                   "lowpassed": stage_energy["low-passed (2x grid)"]},
+    "filter_gain_at_input_nyquist": float(course.dtft(fa_taps, np.array([0.25]))[0])}
+fs_ = metrics["filtered_activation_stages"]
+print(fs_)
+assert fs_["energy_above_input_nyquist"]["activated"] > 30 * fs_["energy_above_input_nyquist"]["lowpassed"]
+assert abs(fs_["filter_gain_at_input_nyquist"] - 0.5) < 0.02
+
+# %% [markdown]
+# **What to notice.** The readable stages and the fast layer agree to round-off (`filtered_activation_stages.check`).
+# In the spectra, the up-sampler leaves the two tones alone and (almost) nothing above 0.5. ReLU puts a comb of
+# harmonics and intermodulation products over the whole 2x band (`energy_above_input_nyquist.activated`); after
+# the low-pass less than a thirtieth of that share is left above 0.5 (`.lowpassed`). The filter's gain at 0.5 is
+# one half (`filter_gain_at_input_nyquist`): the lines just above 0.5 pass at half amplitude and fold into the
+# output. In the last panel most lines of the filtered output (blue) and of the plain ReLU (red) coincide: they are
+# harmonics below 0.5, representable and kept on purpose; the two differ only by what folded. The next cell shows
+# why moving the transition band below 0.5 cuts the folded part.
 #
 # ### Why alias-free filters put the cutoff below Nyquist
 #

@@ -34,6 +34,7 @@ def test_the_checker_finds_a_drifted_number_and_fix_rewrites_it(tmp_path):
 def test_lookup_rejects_bad_paths():
     data = {"a": [1, 2], "b": {"c": 3}}
     assert claims.lookup(data, "b.c") == 3 and claims.lookup(data, "a.-1") == 2
+    assert claims.lookup({"x: y": {"z": 4}}, "x%3A y.z") == 4  # a colon inside a key, escaped
     for bad in ("a.5", "b.d", "b.c.e"):
         with pytest.raises(claims.ClaimError):
             claims.lookup(data, bad)

@@ -109,7 +109,7 @@ print(f"{len(inputs.train_images)} training images -> latents {inputs.latent_sha
 # reference code): the shifted pass learns to match them, they are not pulled towards it.
 
 # %%
-for key, (vae_key, resample, nonlin, eq, cfa_loss, start) in af_ldm.MODELS.items():
+for key, (vae_key, resample, nonlin, eq, cfa_loss, start) in ((k, af_ldm.MODELS[k]) for k in cfg.ldm_models):
     print(f"{key:22s} VAE {vae_key:8s} ideal sampling {resample!s:5s} filtered nonlinearity {nonlin!s:5s} "
           f"eq. loss {eq!s:5s} CFA in loss {cfa_loss!s:5s}" + (f" continues {start}" if start else ""))
 models = af_ldm.train_rows(cfg, inputs, ROOT)  # resumes checkpoints/ldm/<model> when its settings match
@@ -150,9 +150,11 @@ fid_name = quality["fid_name"]
 print({k: f"{v[fid_name]:.2f} ± {float(quality['fid_boot'][k].std()):.2f}" for k, v in quality["fid"].items()},
       "VAE reconstruction FID:", quality["reconstruction_fid"])
 
-fig, axes = plt.subplots(1, len(af_ldm.MODELS), figsize=(2.4 * len(af_ldm.MODELS), 2.8))
+sampled = list(quality["samples"])  # the models of ldm_models, in Table 3's order
+fig, axes = plt.subplots(1, len(sampled), figsize=(2.4 * len(sampled), 2.8), squeeze=False)
+axes = axes[0]
 side = int(min(16, cfg.ldm_fid_samples) ** 0.5)
-for ax, key in zip(axes, af_ldm.MODELS):
+for ax, key in zip(axes, sampled):
     samples = quality["samples"][key]
     h, w = samples.shape[-2:]
     grid = samples[:side * side].reshape(side, side, 3, h, w).permute(0, 3, 1, 4, 2)

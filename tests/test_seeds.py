@@ -55,3 +55,11 @@ def test_training_seeds_and_their_folders(tmp_path):
         seeds.training_seeds(0, 0)
     assert seeds.seed_path(tmp_path / "ldm", 0, 0) == tmp_path / "ldm"
     assert seeds.seed_path(tmp_path / "ldm", 1000, 0) == tmp_path / "ldm" / "seed1000"
+
+
+def test_contrast_markdown_lists_every_contrast_with_its_p_and_verdict():
+    table = seeds.contrast_table({"gain": [2.0, 2.2, 1.8], "side": [0.1, -0.2, 0.0]}, primary=["gain"])
+    lines = seeds.contrast_markdown(table).splitlines()
+    assert len(lines) == 2 + 2 and lines[2].startswith("| gain (primary) | +2.00 ± 0.12 | +2.00, +2.20, +1.80 |")
+    assert f"{table['gain']['p_holm']:.3f}" in lines[2] and f"{table['side']['p']:.3f}" in lines[3]
+    assert lines[3].endswith(f"| {table['side']['verdict']} |")

@@ -37,7 +37,7 @@ from afcore.backend import code_path
 from afcore.stages.af_vae import checkpoint_root as vae_checkpoint_root
 from afcore.stages.common import (ConfigError, StageConfig, Timer, batch_sampler, make_generator, mean_sem,
                                   out_path, pick_device, verdict)
-from afcore.stages.seeds import MULTIPLE_COMPARISONS, contrast_table, seed_path, seed_summary, training_seeds
+from afcore.stages.seeds import MULTIPLE_COMPARISONS, contrast_markdown, contrast_table, seed_path, seed_summary, training_seeds
 from afcore.surgery import load_alias_free, make_alias_free, save_alias_free
 from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import save_csv, save_figure, save_gif, save_json, seed_everything
@@ -594,14 +594,7 @@ def seed_level(cfg: Config, per_seed: dict) -> dict:
 
 def seed_markdown(level: dict) -> str:
     """The seed-level contrasts: mean +- SE over seeds, the per-seed values, p and the verdict."""
-    md = "| comparison: metric | mean ± SE over seeds | per seed | p (Holm for primary) | verdict |\n|---|---|---|---|---|\n"
-    for name, c in level["contrasts"].items():
-        p = c["p_holm"] if c["primary"] else c["p"]
-        se = "–" if c["se"] is None else f"{c['se']:.2f}"
-        md += (f"| {name}{' (primary)' if c['primary'] else ''} | {c['mean']:+.2f} ± {se} | "
-               f"{', '.join(f'{v:+.2f}' for v in c['per_seed'])} | {'–' if p is None else f'{p:.3f}'} | "
-               f"{c['verdict']} |\n")
-    return md
+    return contrast_markdown(level["contrasts"])
 
 
 def summarise(cfg: Config, inputs: Inputs, models: dict, quality: dict, spsnr: dict, table: dict, gap: dict,

@@ -34,7 +34,7 @@ from afcore import data, evaluation, metrics, signal, vae as V, vae_gan as G
 from afcore.backend import code_path
 from afcore.stages.common import (ConfigError, StageConfig, Timer, make_generator, mean_sem, out_path,
                                   paired_mean_sem, pick_device, verdict)
-from afcore.stages.seeds import MULTIPLE_COMPARISONS, contrast_table, seed_path, seed_summary, training_seeds
+from afcore.stages.seeds import MULTIPLE_COMPARISONS, contrast_markdown, contrast_table, seed_path, seed_summary, training_seeds
 from afcore.surgery import make_alias_free, save_alias_free
 from afcore.train import prepare_run_dir, train_loop
 from afcore.utils import save_csv, save_figure, save_json, seed_everything
@@ -503,14 +503,7 @@ def seed_level(cfg: Config, per_seed: dict) -> dict:
 
 def seed_markdown(level: dict) -> str:
     """The seed-level contrasts as a table: mean +- SE over seeds, the per-seed values, p and the verdict."""
-    md = "| comparison: metric | mean ± SE over seeds | per seed | p (Holm for primary) | verdict |\n|---|---|---|---|---|\n"
-    for name, c in level["contrasts"].items():
-        p = c["p_holm"] if c["primary"] else c["p"]
-        se = "–" if c["se"] is None else f"{c['se']:.2f}"
-        md += (f"| {name}{' (primary)' if c['primary'] else ''} | {c['mean']:+.2f} ± {se} | "
-               f"{', '.join(f'{v:+.2f}' for v in c['per_seed'])} | {'–' if p is None else f'{p:.3f}'} | "
-               f"{c['verdict']} |\n")
-    return md
+    return contrast_markdown(level["contrasts"])
 
 
 def summarise(cfg: Config, dev, trained: Trained, ev: Evaluation, comparisons: dict, faces: dict,

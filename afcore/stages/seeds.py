@@ -108,3 +108,16 @@ def contrast_table(per_seed: dict, primary: list[str]) -> dict:
         s["p_holm"] = adjusted.get(name)
         s["verdict"] = seed_verdict(s, s["p_holm"], s["primary"])
     return out
+
+
+def contrast_markdown(contrasts: dict) -> str:
+    """``contrast_table``'s output as a Markdown table: mean +- SE over seeds, the per-seed values, p (Holm-adjusted
+    for a primary contrast) and the verdict."""
+    md = "| comparison: metric | mean ± SE over seeds | per seed | p (Holm for primary) | verdict |\n|---|---|---|---|---|\n"
+    for name, c in contrasts.items():
+        p = c["p_holm"] if c["primary"] else c["p"]
+        se = "–" if c["se"] is None else f"{c['se']:.2f}"
+        md += (f"| {name}{' (primary)' if c['primary'] else ''} | {c['mean']:+.2f} ± {se} | "
+               f"{', '.join(f'{v:+.2f}' for v in c['per_seed'])} | {'–' if p is None else f'{p:.3f}'} | "
+               f"{c['verdict']} |\n")
+    return md

@@ -60,12 +60,20 @@ def sample_at(x: torch.Tensor, pos: torch.Tensor, mode: str = "bilinear", paddin
 
     Bilinear and nearest are computed with explicit weights, so integer positions return the samples exactly
     (``grid_sample``'s coordinate normalisation would add float rounding); bicubic uses ``grid_sample``.
+    ``padding="extrapolate"`` (bilinear only) continues the outermost cell's bilinear surface outside the frame, so a
+    field that is affine in position (the flow of an affine motion) is reproduced exactly everywhere, including the
+    half pixel beyond the outer pixel centres where ``border`` would freeze it.
     """
     if mode not in ("bilinear", "nearest", "bicubic"):
         raise ValueError(f"mode must be 'bilinear', 'nearest' or 'bicubic', got {mode!r}")
-    if padding not in ("zeros", "border", "reflection"):
-        raise ValueError(f"padding must be 'zeros', 'border' or 'reflection', got {padding!r}")
+    if padding not in ("zeros", "border", "reflection", "extrapolate"):
+        raise ValueError(f"padding must be 'zeros', 'border', 'reflection' or 'extrapolate', got {padding!r}")
     h, w = x.shape[-2:]
+    if padding == "extrapolate":
+        if mode != "bilinear" or h < 2 or w < 2:
+            raise ValueError(f"padding='extrapolate' needs mode='bilinear' and H, W >= 2, got mode={mode!r}, "
+                             f"(H, W) = {(h, w)}")
+        return _bilinear_extrapolate(x, pos)
     if mode == "bicubic" or padding == "reflection":
         gy = 2 * pos[:, 0].double() / max(h - 1, 1) - 1
         gx = 2 * pos[:, 1].double() / max(w - 1, 1) - 1
@@ -89,6 +97,24 @@ def sample_at(x: torch.Tensor, pos: torch.Tensor, mode: str = "bilinear", paddin
         idx = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long().reshape(b, 1, -1)
         vals = torch.gather(flat, 2, idx.expand(b, c, idx.shape[-1])).reshape(b, c, *py.shape[-2:])
         out = out + vals * (wt * ok).to(x.dtype)[:, None]
+    return out
+
+
+def _bilinear_extrapolate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Bilinear interpolation whose cell index is clamped to the frame and whose weights are not (see sample_at)."""
+    h, w = x.shape[-2:]
+    b, c = x.shape[:2]
+    py, px = pos[:, 0], pos[:, 1]
+    y0 = torch.floor(py).clamp(0, h - 2)
+    x0 = torch.floor(px).clamp(0, w - 2)
+    fy, fx = py - y0, px - x0  # outside [0, 1] beyond the outer centres: linear continuation
+    flat = x.reshape(b, c, h * w)
+    out = 0
+    for cy, cx, wt in [(y0, x0, (1 - fy) * (1 - fx)), (y0, x0 + 1, (1 - fy) * fx),
+                       (y0 + 1, x0, fy * (1 - fx)), (y0 + 1, x0 + 1, fy * fx)]:
+        idx = (cy * w + cx).long().reshape(b, 1, -1)
+        vals = torch.gather(flat, 2, idx.expand(b, c, idx.shape[-1])).reshape(b, c, *py.shape[-2:])
+        out = out + vals * wt.to(x.dtype)[:, None]
     return out
 
 

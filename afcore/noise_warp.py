@@ -164,7 +164,12 @@ def integral_warp(noise: torch.Tensor, flow: torch.Tensor, factor: int = 8,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Transport white noise (B, C, H, W) along the forward ``flow`` (B, 2, H, W) to the next frame (HIWYN).
 
-    The flow is interpolated bilinearly at the sub-pixel centres (exact for affine motions).
+    Every sub-pixel of the conditionally upsampled noise moves with the flow at its centre and lands in the pixel
+    that contains it; a pixel's value is the sum of what lands in it divided by the square root of the count, and
+    pixels nothing lands in get fresh noise. The flow is interpolated bilinearly at the sub-pixel centres and
+    continued linearly beyond the outer pixel centres, so for an affine motion every sub-pixel, the frame's outer
+    half pixel included, moves exactly as the motion says (the same as transporting each pixel's square as a
+    polygon).
     """
     b, c, h, w = noise.shape
     if flow.shape[1:] != (2, h, w) or flow.shape[0] not in (1, b):
@@ -177,7 +182,7 @@ def integral_warp(noise: torch.Tensor, flow: torch.Tensor, factor: int = 8,
         (torch.arange(h, device=noise.device, dtype=flow.dtype)[:, None] + offs).flatten(),
         (torch.arange(w, device=noise.device, dtype=flow.dtype)[:, None] + offs).flatten(), indexing="ij"))
     pos = pos[None].expand(fb, -1, -1, -1)
-    moved = pos + sample_at(flow, pos, padding="border")
+    moved = pos + sample_at(flow, pos, padding="extrapolate")
     ty, tx = torch.round(moved[:, 0]), torch.round(moved[:, 1])
     ok = (ty >= 0) & (ty <= h - 1) & (tx >= 0) & (tx <= w - 1)
     idx = (ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)).long().reshape(fb, 1, -1).expand(b, 1, -1)

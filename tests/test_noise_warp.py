@@ -246,3 +246,62 @@ def test_rff_noise_follows_its_generator_and_device(device):
     if device != "cpu":
         with pytest.raises(ValueError, match="positions are on"):
             on_dev(FL.grid(5, 5)[None].expand(2, -1, -1, -1))
+
+
+def _polygon_transport(sub: np.ndarray, matrix: np.ndarray, offset: np.ndarray, h: int, w: int, n: int):
+    """Integral noise by polygon transport, written independently of integral_warp: for each destination pixel,
+    the preimage of its unit square under the affine motion p -> matrix @ p + offset is a parallelogram in the
+    source frame; the sub-pixel centres inside it (matplotlib's point-in-polygon test) are summed and divided by
+    the square root of their count. Returns (values, counts) of shape (H, W)."""
+    from matplotlib.path import Path as PolyPath
+    inv = np.linalg.inv(matrix)
+    centres = (np.arange(h * n) + 0.5) / n - 0.5, (np.arange(w * n) + 0.5) / n - 0.5
+    cy, cx = np.meshgrid(*centres, indexing="ij")
+    points = np.stack([cy.ravel(), cx.ravel()], 1)
+    values, counts = np.zeros((h, w)), np.zeros((h, w), dtype=int)
+    for qy in range(h):
+        for qx in range(w):
+            square = np.array([[qy - .5, qx - .5], [qy - .5, qx + .5], [qy + .5, qx + .5], [qy + .5, qx - .5]])
+            poly = (square - offset) @ inv.T
+            inside = PolyPath(poly).contains_points(points)
+            counts[qy, qx] = inside.sum()
+            values[qy, qx] = sub.ravel()[inside].sum() / max(np.sqrt(inside.sum()), 1)
+    return values, counts
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_integral_warp_matches_polygon_transport_up_to_the_frame_border(seed):
+    # a rotation + zoom + sub-pixel translation: affine, so the transport must be exact in every pixel, the outer
+    # half pixel of the frame included (reading the flow with border padding got those wrong)
+    h, w, n = 9, 11, 4
+    rng = np.random.default_rng(seed)
+    angle, scale = rng.uniform(0.05, 0.15), rng.uniform(0.95, 1.05)
+    matrix = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    offset = centre - matrix @ centre + rng.uniform(-0.4, 0.4, 2)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    p = np.stack([yy, xx], 0).reshape(2, -1)
+    flow = torch.from_numpy((matrix @ p + offset[:, None] - p).reshape(1, 2, h, w))  # float64
+    noise = torch.randn(1, 1, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out = NW.integral_warp(noise, flow, n, torch.Generator().manual_seed(10 + seed))
+    sub = NW.conditional_upsample(noise, n, torch.Generator().manual_seed(10 + seed))  # the same sub-pixels
+    values, counts = _polygon_transport(sub[0, 0].numpy(), matrix, offset, h, w, n)
+    covered = counts > 0
+    edge = np.zeros((h, w), dtype=bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    assert (covered & edge).sum() >= edge.sum() // 2  # the border is really exercised
+    np.testing.assert_allclose(out[0, 0].numpy()[covered], values[covered], atol=1e-9, rtol=0)
+
+
+def test_sample_at_extrapolate_reproduces_an_affine_field_outside_the_frame():
+    h, w = 5, 6
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    field = torch.stack([0.3 * yy - 0.2 * xx + 1.0, 0.1 * yy + 0.4 * xx - 2.0])[None]
+    pos = torch.stack(torch.meshgrid(torch.linspace(-0.5, h - 0.5, 13, dtype=torch.float64),
+                                     torch.linspace(-0.5, w - 0.5, 15, dtype=torch.float64), indexing="ij"))[None]
+    py, px = pos[:, 0], pos[:, 1]
+    want = torch.stack([0.3 * py - 0.2 * px + 1.0, 0.1 * py + 0.4 * px - 2.0], 1)
+    torch.testing.assert_close(FL.sample_at(field, pos, padding="extrapolate"), want, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="extrapolate"):
+        FL.sample_at(field, pos, mode="nearest", padding="extrapolate")

@@ -56,7 +56,9 @@ def test_run_writes_outputs_and_metrics_hold(stage_device, device_checks, smoke_
     for r in controls.values():
         _finite_pairs([r["we_nb"], r["we_first"], r["hf_ratio"]])
     # paired differences: every contrast and metric, resolved exactly when |diff| > 2 s.e.
-    assert len(out["differences"]) == len(VE.CONTRASTS) * len(VE.CONTRAST_METRICS)
+    # (the ground-truth reference has no PSNR against itself: those contrasts carry WE and HF ratio only)
+    n_gt = sum(b == VE.GROUND_TRUTH for _, b in VE.CONTRASTS)
+    assert len(out["differences"]) == len(VE.CONTRASTS) * len(VE.CONTRAST_METRICS) - n_gt
     for d in out["differences"]:
         assert math.isfinite(d["diff"]) and math.isfinite(d["sem"])
         assert d["resolved"] == (abs(d["diff"]) > 2 * d["sem"])
@@ -220,3 +222,4 @@ def test_paired_differences_on_constructed_values():
     assert d["resolved"] is False  # 0.5 < 2 * 0.354
     rows["b"]["per_video"]["m"] = [0.0, 1.1, 2.0, 3.1]  # differences 1, 0.9, 1, 0.9: resolved
     assert VE.paired_differences(rows, [("a", "b")], ["m"])[0]["resolved"] is True
+    assert VE.paired_differences(rows, [("a", "b")], ["m", "absent"])[0]["key"] == "a minus b, m"

@@ -55,12 +55,17 @@ CONVENTIONS = ("WE_nb = mean over neighbouring pairs of sum M |y_j(p + B_{j+1}(p
                "above half Nyquist (either axis, Hann-windowed FFT, channel means removed) over the true edit's, "
                "per video (1 = as detailed as the true edit, < 1 blurrier); mean ± s.e.m. over videos; "
                "differences paired per video, resolved when |diff| > 2 s.e.")
-# paired contrasts of Table 6 rows (a, b): a minus b per video
+GROUND_TRUTH = "ground-truth reference (true edit)"
+# paired contrasts of Table 6 rows and controls (a, b): a minus b per video; a metric missing from either row (the
+# true edit's PSNR against itself) is skipped
 CONTRASTS = [("AF-LDM + CFA", "standard LDM + CFA"), ("AF-LDM, no CFA", "standard LDM, no CFA"),
              ("standard LDM + CFA", "standard LDM, no CFA"), ("AF-LDM + CFA", "AF-LDM, no CFA"),
-             ("AF-LDM + CFA", "AF-LDM, per-frame inversion, CFA in generation")]
+             ("AF-LDM + CFA", "AF-LDM, per-frame inversion, CFA in generation"),
+             ("standard LDM + CFA", "standard LDM VAE ceiling: true edit"),
+             ("AF-LDM + CFA", "AF-LDM VAE ceiling: true edit"),
+             ("standard LDM + CFA", GROUND_TRUTH), ("AF-LDM + CFA", GROUND_TRUTH),
+             ("AF-LDM VAE ceiling: true edit", "standard LDM VAE ceiling: true edit")]
 CONTRAST_METRICS = ("we_nb", "edit_psnr_db", "hf_ratio")
-GROUND_TRUTH = "ground-truth reference (true edit)"
 INTERP_LABELS = {"paper": "slerp + attention blend (paper)",
                  "released": "a's splat by alpha F, attention from a (released code)"}
 TABLE6_PAPER = {"FRESCO": 0.325, "TokenFlow": 0.064, "FLATTEN": 0.036, "Ours (SD)": 0.094, "Ours (AF-SD)": 0.056,
@@ -306,12 +311,14 @@ def summarise_row(per_video: dict) -> dict:
 
 def paired_differences(rows: dict, contrasts, metrics) -> list[dict]:
     """For each (a, b) in ``contrasts`` and each metric: mean ± s.e. of the per-video differences a - b and whether
-    it is resolved (|diff| > 2 s.e.)."""
+    it is resolved (|diff| > 2 s.e.). ``key`` ("a minus b, metric") names the entry for README markers."""
     out = []
     for a, b in contrasts:
         for m in metrics:
+            if m not in rows[a]["per_video"] or m not in rows[b]["per_video"]:
+                continue
             d, se = paired_mean_sem(rows[a]["per_video"][m], rows[b]["per_video"][m])
-            out.append({"a": a, "b": b, "metric": m, "diff": d, "sem": se,
+            out.append({"key": f"{a} minus {b}, {m}", "a": a, "b": b, "metric": m, "diff": d, "sem": se,
                         "resolved": verdict(d, se) != "not resolved"})
     return out
 

@@ -15,8 +15,8 @@ to the output.
   embedding starts at zero (so it starts as the unconditional model), keeping its alias-free patch.
 - ``interpolate``: AF-LDM's latent interpolation between two frames (inversion, forward splatting of the inverted
   latents by alpha times the flow, slerp, attention outputs blended from the two references, ``BlendedAttention``),
-  as the paper describes it (``variant="paper"``) or as the released script runs it (``"released"``: frame a's
-  latent splatted forward by alpha F_ab, attention from frame a only).
+  as the paper describes it (``variant="paper"``) or as the released script runs it (``"released"``: every
+  intermediate frame is frame a's latent splatted forward by alpha F_ab, attention from frame a only).
 - ``circular`` makes every convolution (and the alias-free down-sampler's) pad circularly: with ideal (FFT)
   resampling everything is then exactly equivariant to circular shifts by multiples of the total stride, the
   positive control of the editing pipeline.
@@ -310,14 +310,15 @@ def interpolation_latents(inv_a: torch.Tensor, inv_b: torch.Tensor, flow_ab: tor
 
     ``paper``: inv_a splatted by alpha F_ab and inv_b by (1 - alpha) F_ba, slerped with weight alpha.
     ``released``: what AF-LDM's released interpolation script runs (its keyword that would switch the slerp on is
-    misspelt, so the pipeline's default applies): inv_a splatted forward by alpha F_ab alone; inv_b is not used."""
+    misspelt, so the pipeline's default applies): every intermediate frame is inv_a splatted forward by alpha F_ab
+    alone; inv_b is used only as the last frame (alpha = 1), which that pipeline keeps as b's inverted latent."""
     if variant not in INTERP_VARIANTS:
         raise ValueError(f"variant must be one of {INTERP_VARIANTS}, got {variant!r}")
     p, lat = inv_a.shape[0], []
     for a in (float(a) for a in alphas):
         wa = splat_latent(inv_a, a * flow_ab, factor, fill)
         if variant == "released":
-            lat.append(wa)
+            lat.append(inv_b if a >= 1.0 else wa)
             continue
         wb = splat_latent(inv_b, (1 - a) * flow_ba, factor, fill)
         lat.append(slerp(wa, wb, torch.full((p,), a, device=inv_a.device)))

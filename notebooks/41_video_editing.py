@@ -212,7 +212,8 @@ positive_control
 # coming from the denoising passes of the two inverted latents. That is the paper's description. The released
 # script runs something else: the keyword that would switch the slerp on is misspelt, so the pipeline's default
 # applies, and every intermediate frame starts from **$a$'s** inverted latent splatted forward by $\alpha F_{a\to b}$
-# alone ($b$'s latent is not used), denoised with cross-frame attention whose reference is **image $a$**'s pass
+# alone ($b$'s inverted latent is only the last frame, $\alpha = 1$), denoised with cross-frame attention whose
+# reference is **image $a$**'s pass
 # (`afcore.editing.interpolation_latents` and `attention_weights`, `variant="released"`). We run both.
 #
 # Our synthetic videos give the true intermediate frames: frames 0 and 4 are the ends, frames 1-3 the truth at

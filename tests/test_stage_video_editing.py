@@ -144,21 +144,23 @@ def _pan_flow(p, dy, dx, size=32):
 
 
 def test_released_interpolation_starts_from_a_splatted_forward():
-    """The released script's start latent is frame a's inverted latent splatted by alpha F_ab; frame b's latent plays
-    no part. At alpha = 0 that is a's latent exactly; on a whole-pixel pan by a multiple of the VAE factor the splat
-    is an exact shift of a's latent (the vacated column is the hole fill). A b-anchored splat fails both."""
+    """The released script's intermediate start latents are frame a's inverted latent splatted by alpha F_ab; frame
+    b's latent enters only as the last frame (alpha = 1). At alpha = 0 that is a's latent exactly; on a whole-pixel
+    pan by a multiple of the VAE factor the splat is an exact shift of a's latent (the vacated column is the hole
+    fill). A b-anchored splat fails both."""
     inv_a, inv_b, _ = _random_latents(0)
     fill = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(9))
     f_ab, f_ba = _pan_flow(2, 0.0, 8.0), _pan_flow(2, 0.0, -8.0)  # 8 px = 2 latent px to the right over the gap
-    z = ED.interpolation_latents(inv_a, inv_b, f_ab, f_ba, [0.0, 0.5, 1.0], 4, fill, variant="released")
-    assert z.shape == (2, 3, 4, 8, 8)
+    alphas = [0.0, 0.5, 0.75, 1.0]
+    z = ED.interpolation_latents(inv_a, inv_b, f_ab, f_ba, alphas, 4, fill, variant="released")
+    assert z.shape == (2, 4, 4, 8, 8)
     torch.testing.assert_close(z[:, 0], inv_a, atol=1e-5, rtol=0)
     torch.testing.assert_close(z[:, 1, ..., 1:], inv_a[..., :-1], atol=1e-5, rtol=0)  # alpha 1/2: 1 latent px
     torch.testing.assert_close(z[:, 1, ..., 0], fill[..., ::4, 0], atol=0, rtol=0)  # the hole: the shared fill
-    torch.testing.assert_close(z[:, 2, ..., 2:], inv_a[..., :-2], atol=1e-5, rtol=0)
-    # b's latent does not enter: another b gives the same start latents
-    z_other_b = ED.interpolation_latents(inv_a, inv_b + 1, f_ab, f_ba, [0.0, 0.5, 1.0], 4, fill, variant="released")
-    torch.testing.assert_close(z_other_b, z, atol=0, rtol=0)
+    torch.testing.assert_close(z[:, 3], inv_b, atol=0, rtol=0)  # the last frame: b's inverted latent, as released
+    # b's latent does not enter the intermediate frames: another b gives the same start latents there
+    z_other_b = ED.interpolation_latents(inv_a, inv_b + 1, f_ab, f_ba, alphas, 4, fill, variant="released")
+    torch.testing.assert_close(z_other_b[:, :3], z[:, :3], atol=0, rtol=0)
     # the paper's variant: slerp of both splats, so it equals a at alpha 0 and b at alpha 1, and depends on b
     zp = ED.interpolation_latents(inv_a, inv_b, f_ab, f_ba, [0.0, 1.0], 4, fill, variant="paper")
     torch.testing.assert_close(zp[:, 0], inv_a, atol=1e-5, rtol=0)

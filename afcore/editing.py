@@ -14,7 +14,9 @@ to the output.
 - ``class_conditional`` turns a trained unconditional ``UNet2DModel`` into a class-conditional one whose class
   embedding starts at zero (so it starts as the unconditional model), keeping its alias-free patch.
 - ``interpolate``: AF-LDM's latent interpolation between two frames (inversion, forward splatting of the inverted
-  latents by alpha times the flow, slerp, attention outputs blended from the two references, ``BlendedAttention``).
+  latents by alpha times the flow, slerp, attention outputs blended from the two references, ``BlendedAttention``),
+  as the paper describes it (``variant="paper"``) or as the released script runs it (``"released"``: every
+  intermediate frame is frame a's latent splatted forward by alpha F_ab, attention from frame a only).
 - ``circular`` makes every convolution (and the alias-free down-sampler's) pad circularly: with ideal (FFT)
   resampling everything is then exactly equivariant to circular shifts by multiples of the total stride, the
   positive control of the editing pipeline.
@@ -29,7 +31,8 @@ from afcore.attention import EquivariantAttention
 from afcore.ldm import make_scheduler
 
 __all__ = ["sepia", "class_conditional", "Conditioned", "edit_timesteps", "ddim_invert", "ddim_generate",
-           "edit_latents", "circular", "BlendedAttention", "slerp", "splat_latent", "interpolate"]
+           "edit_latents", "circular", "BlendedAttention", "slerp", "splat_latent", "INTERP_VARIANTS",
+           "interpolation_latents", "attention_weights", "interpolate"]
 
 SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
 
@@ -297,33 +300,61 @@ def splat_latent(z: torch.Tensor, flow_img: torch.Tensor, factor: int, fill: tor
     return y[..., ::factor, ::factor]
 
 
+INTERP_VARIANTS = ("paper", "released")
+
+
+def interpolation_latents(inv_a: torch.Tensor, inv_b: torch.Tensor, flow_ab: torch.Tensor, flow_ba: torch.Tensor,
+                          alphas, factor: int, fill: torch.Tensor, variant: str = "paper") -> torch.Tensor:
+    """The starting latents of the interpolated frames, (P, A, C, h, w), from inverted latents inv_a, inv_b
+    (P, C, h, w) and image-resolution flows (P, 2, H, W).
+
+    ``paper``: inv_a splatted by alpha F_ab and inv_b by (1 - alpha) F_ba, slerped with weight alpha.
+    ``released``: what AF-LDM's released interpolation script runs (its keyword that would switch the slerp on is
+    misspelt, so the pipeline's default applies): every intermediate frame is inv_a splatted forward by alpha F_ab
+    alone; inv_b is used only as the last frame (alpha = 1), which that pipeline keeps as b's inverted latent."""
+    if variant not in INTERP_VARIANTS:
+        raise ValueError(f"variant must be one of {INTERP_VARIANTS}, got {variant!r}")
+    p, lat = inv_a.shape[0], []
+    for a in (float(a) for a in alphas):
+        wa = splat_latent(inv_a, a * flow_ab, factor, fill)
+        if variant == "released":
+            lat.append(inv_b if a >= 1.0 else wa)
+            continue
+        wb = splat_latent(inv_b, (1 - a) * flow_ba, factor, fill)
+        lat.append(slerp(wa, wb, torch.full((p,), a, device=inv_a.device)))
+    return torch.stack(lat, 1)
+
+
+def attention_weights(alphas, variant: str = "paper") -> torch.Tensor:
+    """(A, 2) weights of the two attention references (a, b) per alpha: (1 - alpha, alpha) for ``paper``; (1, 0)
+    for ``released`` (the released pipeline's cross-frame attention reads image a's stored pass only)."""
+    if variant not in INTERP_VARIANTS:
+        raise ValueError(f"variant must be one of {INTERP_VARIANTS}, got {variant!r}")
+    return torch.tensor([[1 - float(a), float(a)] if variant == "paper" else [1.0, 0.0] for a in alphas])
+
+
 @torch.no_grad()
 def interpolate(unet, za: torch.Tensor, zb: torch.Tensor, flow_ab: torch.Tensor, flow_ba: torch.Tensor,
-                alphas, steps: int, factor: int, generator=None, labels=None, blend: bool = True):
+                alphas, steps: int, factor: int, generator=None, labels=None, variant: str = "paper"):
     """AF-LDM latent interpolation between clean latents za, zb (P, C, h, w) with image-resolution flows
-    (P, 2, H, W): full DDIM inversion of both; for each alpha, za splatted by alpha F_ab and zb by (1 - alpha) F_ba,
-    slerped; denoised with attention blended (1 - alpha, alpha) from the two references' denoising passes
-    (``blend=False``: the released script's behaviour: zb's splat anchored on zb alone). ``generator`` draws the
-    holes' noise fill on its own device. Returns (P, A, C, h, w)."""
+    (P, 2, H, W): full DDIM inversion of both, the starting latents of ``interpolation_latents``, denoised with
+    the self-attention outputs blended by ``attention_weights`` from the two references' denoising passes
+    (``variant``: ``paper`` or ``released``, see there). ``generator`` draws the holes' noise fill on its own
+    device. Returns (P, A, C, h, w)."""
     ts = edit_timesteps(steps, 1.0)
     p, alphas = za.shape[0], [float(a) for a in alphas]
+    w = attention_weights(alphas, variant)  # validates variant before any work
     lab = labels if labels is not None else torch.zeros(p, dtype=torch.long, device=za.device)
     inv_a, inv_b = ddim_invert(unet, za, ts, lab), ddim_invert(unet, zb, ts, lab)
     fill = torch.randn((p, za.shape[1]) + tuple(flow_ab.shape[-2:]), generator=generator,
                        device=generator.device if generator is not None else "cpu").to(za)
-    lat = []
-    for a in alphas:
-        wa = splat_latent(inv_a, a * flow_ab, factor, fill)
-        wb = splat_latent(inv_b, (1 - a) * flow_ba, factor, fill)
-        lat.append(slerp(wa, wb, torch.full((p,), a, device=za.device)) if blend else wb)
-    z = torch.stack(lat, 1).flatten(0, 1)  # [pair0 alphas..., pair1 alphas...]
-    labs = lab.repeat_interleave(len(alphas))
+    z = interpolation_latents(inv_a, inv_b, flow_ab, flow_ba, alphas, factor, fill, variant).flatten(0, 1)
+    labs = lab.repeat_interleave(len(alphas))  # z is [pair0 alphas..., pair1 alphas...]
     with BlendedAttention(unet) as att:
         att.record(0)
         ddim_generate(unet, inv_a, ts, lab, steps=steps)
         att.record(1)
         ddim_generate(unet, inv_b, ts, lab, steps=steps)
-        w = torch.tensor([[1 - a, a] for a in alphas] * p) if blend else torch.tensor([[0.0, 1.0]] * (p * len(alphas)))
-        att.use(w)
+        att.use(w.repeat(p, 1))
         out = ddim_generate(unet, z, ts, labs, steps=steps)
     return out.reshape(p, len(alphas), *za.shape[1:])

@@ -122,9 +122,24 @@ def test_readme_directions_hold_for_af_ldm_and_video():
     assert _load("30_af_ldm.json")["per_step_gap_af_ldm_minus_standard"]["min_db"] > 0
     video = _load("40_noise_warping.json")["ratios"]
     assert video["T2"]["wd_over_gp_warping_latent"] < 0.1 and video["T3"]["wd_over_gp_warping_latent"] > 1
-    rows = {r["row"]: r for r in _load("41_video_editing.json")["table6"]}
-    s, a = rows["standard LDM + CFA"]["we_nb"], rows["AF-LDM + CFA"]["we_nb"]
-    assert a[0] < s[0] and not _resolved(s[0] - a[0], (s[1] ** 2 + a[1] ** 2) ** 0.5)
+    edit = _load("41_video_editing.json")
+    rows = {r["row"]: r for r in edit["table6"]}
+    d = {x["key"]: x for x in edit["differences"]}
+    af, st, gt = "AF-LDM + CFA", "standard LDM + CFA", "ground-truth reference (true edit)"
+    ceil = {m: f"{m} VAE ceiling: true edit" for m in ("AF-LDM", "standard LDM")}
+    assert rows[af]["we_nb"][0] < rows[st]["we_nb"][0]  # ratio below 1 ...
+    assert not d[f"{af} minus {st}, we_nb"]["resolved"]  # ... but not resolved
+    assert not d[f"{af} minus {st}, hf_ratio"]["resolved"]
+    for k in (f"{af} minus {st}, edit_psnr_db", f"{ceil['AF-LDM']} minus {ceil['standard LDM']}, edit_psnr_db"):
+        assert d[k]["resolved"] and d[k]["diff"] < 0  # the AF-LDM (and its VAE ceiling) further from the true edit
+    for m in ("we_nb", "edit_psnr_db", "hf_ratio"):  # CFA: no resolved change in either model
+        assert not d[f"{af} minus AF-LDM, no CFA, {m}"]["resolved"]
+        assert not d[f"{st} minus standard LDM, no CFA, {m}"]["resolved"]
+    for row, model in ((st, "standard LDM"), (af, "AF-LDM")):
+        assert rows[row]["hf_ratio"][0] < 0.1  # "a few per cent" of the true edit's detail
+        assert d[f"{row} minus {ceil[model]}, hf_ratio"]["resolved"] and d[f"{row} minus {ceil[model]}, hf_ratio"]["diff"] < 0
+        assert not d[f"{row} minus {gt}, we_nb"]["resolved"]
+    assert not any(x["resolved"] for x in edit["interpolation"]["differences"])
 
 
 def test_fix_refuses_numbers_from_another_profile_and_writes_nothing(tmp_path):

@@ -7,10 +7,13 @@ Steps, in the order ``run`` calls them (the notebook calls the same ones and plo
 2. ``finetune_all``: class-conditional fine-tuning of both U-Nets on photo / sepia latents (the AF-LDM keeps its
    equivariance loss with CFA), resumable under ``checkpoints/video/<unet>``.
 3. ``make_videos``: synthetic videos with exact flows (pan, rotate, zoom, elastic) and their true sepia edit.
-4. ``edit_table``: Table 6's rows (warping errors, edit PSNR); ``floors``: the true edit's and the VAEs' own.
+4. ``edit_table``: Table 6's rows (warping errors, edit PSNR, high-frequency ratio against the true edit);
+   ``controls``: the input video (raw and through each VAE), each VAE's ceiling (the true edit encoded and
+   decoded) and the ground-truth reference (the true edit); ``summarise`` adds per-video paired differences.
 5. ``user_clip``: a clip (``video_clip``; ``demo`` = one synthetic video through a GIF) with estimated flows.
 6. ``positive_control``: a circular-padding pipeline whose warping error must be float rounding.
-7. ``interpolation``: AF-LDM's latent interpolation (appendix B.2) against the true intermediate frames.
+7. ``interpolation``: AF-LDM's latent interpolation (appendix B.2), as the paper describes it and as the released
+   script runs it, against the true intermediate frames and their VAE ceilings.
 8. ``text_path``: the same editing through an SD-layout text-conditional model (``video_sd_model``).
 9. ``summarise`` and ``write_outputs``: ``metrics/41_video_editing.json`` and ``metrics/41_video_editing_we.csv``.
 
@@ -26,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from afcore import data, editing as ED, flow as FL, ldm, vae as VAE
-from afcore.stages.common import ConfigError, StageConfig, Timer, make_generator, mean_sem, out_path, pick_device, to01
+from afcore.stages.common import (ConfigError, StageConfig, Timer, make_generator, mean_sem, out_path,
+                                  paired_mean_sem, pick_device, to01, verdict)
 from afcore.utils import save_csv, save_gif, save_json, seed_everything
 
 NAME = "41_video_editing"
@@ -35,7 +39,8 @@ CLIPS = "clips"  # your own clips live here: a declared DVC dependency of the st
 # model name -> (VAE checkpoint, af_ldm U-Net checkpoint)
 MODELS = {"standard LDM": ("vanilla", "ldm_vanilla_vae"), "AF-LDM": ("af_vae", "af_ldm")}
 # synthetic videos cycle through these motions
-KINDS = [("pan", {"speed": 1.0}), ("rotate", {"degrees": 2.0}), ("zoom", {"factor": 1.015}), ("elastic", {})]
+# (pans are whole pixels per frame, so the metric's bilinear warp is exact on them and the true edit's error is ~0)
+KINDS = [("pan", {"speed": 1.0, "integer": True}), ("rotate", {"degrees": 2.0}), ("zoom", {"factor": 1.015}), ("elastic", {})]
 # Table 6 rows: (row, model, CFA in inversion, CFA in generation)
 ROWS = [("standard LDM, no CFA", "standard LDM", False, False),
         ("standard LDM + CFA", "standard LDM", True, True),
@@ -46,7 +51,23 @@ EDIT_LABEL = 2  # sepia
 CONVENTIONS = ("WE_nb = mean over neighbouring pairs of sum M |y_j(p + B_{j+1}(p)) - y_{j+1}(p)|^2 / (C sum M), "
                "B = exact backward flow, bilinear warp, M = in-frame; images in [-1, 1] (the [0, 1] column is / 4); "
                "WE vs first: the same against frame 0 with F_{0->j}; latent WE_nb on the scaled 8x8 latents with "
-               "the analytic latent flow; edit PSNR peak 2 against sepia(frame); mean ± s.e.m. over videos")
+               "the analytic latent flow; edit PSNR peak 2 against sepia(frame); HF ratio = the output's energy "
+               "above half Nyquist (either axis, Hann-windowed FFT, channel means removed) over the true edit's, "
+               "per video (1 = as detailed as the true edit, < 1 blurrier); mean ± s.e.m. over videos; "
+               "differences paired per video, resolved when |diff| > 2 s.e.")
+GROUND_TRUTH = "ground-truth reference (true edit)"
+# paired contrasts of Table 6 rows and controls (a, b): a minus b per video; a metric missing from either row (the
+# true edit's PSNR against itself) is skipped
+CONTRASTS = [("AF-LDM + CFA", "standard LDM + CFA"), ("AF-LDM, no CFA", "standard LDM, no CFA"),
+             ("standard LDM + CFA", "standard LDM, no CFA"), ("AF-LDM + CFA", "AF-LDM, no CFA"),
+             ("AF-LDM + CFA", "AF-LDM, per-frame inversion, CFA in generation"),
+             ("standard LDM + CFA", "standard LDM VAE ceiling: true edit"),
+             ("AF-LDM + CFA", "AF-LDM VAE ceiling: true edit"),
+             ("standard LDM + CFA", GROUND_TRUTH), ("AF-LDM + CFA", GROUND_TRUTH),
+             ("AF-LDM VAE ceiling: true edit", "standard LDM VAE ceiling: true edit")]
+CONTRAST_METRICS = ("we_nb", "edit_psnr_db", "hf_ratio")
+INTERP_LABELS = {"paper": "slerp + attention blend (paper)",
+                 "released": "a's splat by alpha F, attention from a (released code)"}
 TABLE6_PAPER = {"FRESCO": 0.325, "TokenFlow": 0.064, "FLATTEN": 0.036, "Ours (SD)": 0.094, "Ours (AF-SD)": 0.056,
                 "ratio_af_over_sd": 0.056 / 0.094}
 
@@ -249,6 +270,59 @@ def psnr2(y: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(4 / ((y - truth) ** 2).flatten(2).mean(2))
 
 
+def hf_energy(y: torch.Tensor) -> torch.Tensor:
+    """Energy above half Nyquist (either axis) per video, y (V, F, C, H, W) -> (V,): channel means removed and a
+    2-D Hann window applied first, so the frame borders' wrap-around jump does not count as detail."""
+    h, w = y.shape[-2:]
+    win = torch.hann_window(h, periodic=False, dtype=torch.float64)[:, None] * \
+        torch.hann_window(w, periodic=False, dtype=torch.float64)[None]
+    x = y.double() - y.double().mean((-1, -2), keepdim=True)
+    e = torch.fft.fft2(x * win).abs() ** 2
+    fy, fx = torch.fft.fftfreq(h).abs(), torch.fft.fftfreq(w).abs()
+    hi = ((fy[:, None] > 0.25) | (fx[None, :] > 0.25)).double()
+    return (e * hi).flatten(1).sum(1)
+
+
+def hf_ratio(y: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per video: high-frequency energy of y over that of the true edit (V,). A blurry output scores < 1, so a low
+    warping error bought by blur shows here."""
+    return (hf_energy(y) / hf_energy(truth)).float()
+
+
+def video_metrics(y: torch.Tensor, vids, latents: torch.Tensor | None = None) -> dict:
+    """Per-video metrics of decoded videos y (V, F, 3, S, S) against the true edit: {name: (V,) tensor}."""
+    out = {"we_nb": we_nb(y, vids.back_img), "we_first": we_first(y, vids.first_img),
+           "edit_psnr_db": psnr2(y, vids.truth).mean(1), "hf_ratio": hf_ratio(y, vids.truth)}
+    if latents is not None:
+        out["we_nb_latent"] = we_nb(latents.cpu(), vids.back_lat)
+    return out
+
+
+def summarise_row(per_video: dict) -> dict:
+    """Mean ± s.e.m. of each per-video metric, the [0, 1]-range WE column, and the per-video values (for paired
+    differences). A metric that is not finite (PSNR of the true edit against itself) is None."""
+    finite = {k: v for k, v in per_video.items() if torch.isfinite(v).all()}
+    row = {k: mean_sem(v) if k in finite else None for k, v in per_video.items()}
+    if "we_nb" in per_video:
+        row["we_nb_01"] = mean_sem(per_video["we_nb"] / 4)
+    row["per_video"] = {k: [float(x) for x in v] for k, v in finite.items()}
+    return row
+
+
+def paired_differences(rows: dict, contrasts, metrics) -> list[dict]:
+    """For each (a, b) in ``contrasts`` and each metric: mean ± s.e. of the per-video differences a - b and whether
+    it is resolved (|diff| > 2 s.e.). ``key`` ("a minus b, metric") names the entry for README markers."""
+    out = []
+    for a, b in contrasts:
+        for m in metrics:
+            if m not in rows[a]["per_video"] or m not in rows[b]["per_video"]:
+                continue
+            d, se = paired_mean_sem(rows[a]["per_video"][m], rows[b]["per_video"][m])
+            out.append({"key": f"{a} minus {b}, {m}", "a": a, "b": b, "metric": m, "diff": d, "sem": se,
+                        "resolved": verdict(d, se) != "not resolved"})
+    return out
+
+
 # -------------------------------------------------------------------------------------------- 4. Table 6
 def edit_table(cfg: Config, models: Models, vids: Videos) -> tuple[list[dict], dict]:
     """Table 6's rows: edit every video, decode; returns (rows, decoded outputs by row (V, F, 3, S, S) on the CPU)."""
@@ -262,26 +336,29 @@ def edit_table(cfg: Config, models: Models, vids: Videos) -> tuple[list[dict], d
                                      cfa_generation=cfa_gen)
         y = models.decode(name, edited.flatten(0, 1)).reshape(vids.frames.shape).cpu()
         outputs[row] = y
-        nb, fi = we_nb(y, vids.back_img), we_first(y, vids.first_img)
-        nb_lat = we_nb(edited.cpu(), vids.back_lat)
         results.append({"row": row, "model": name, "cfa_inversion": cfa_inv, "cfa_generation": cfa_gen,
-                        "we_nb": mean_sem(nb), "we_nb_01": mean_sem(nb / 4), "we_first": mean_sem(fi),
-                        "we_nb_latent": mean_sem(nb_lat), "edit_psnr_db": mean_sem(psnr2(y, vids.truth).mean(1)),
-                        "sec_per_frame": t.seconds / (v * nf)})
+                        **summarise_row(video_metrics(y, vids, edited)), "sec_per_frame": t.seconds / (v * nf)})
     return results, outputs
 
 
-def floors(models: Models, vids: Videos) -> dict:
-    """The true edit's own warping error (bilinear interpolation of the metric) and each VAE's reconstruction of it
-    (the floor a model in its latents can reach)."""
-    truth = vids.truth
-    out = {"ground truth edit": {"we_nb": mean_sem(we_nb(truth, vids.back_img)),
-                                 "we_first": mean_sem(we_first(truth, vids.first_img))}}
+def controls(models: Models, vids: Videos) -> list[dict]:
+    """The rows every model row is read against, with the same metrics: the unedited input video (its WE is the
+    motion's own, and its PSNR says how far the edit moves the colours), the input through each VAE (what the
+    autoencoder alone does to it), each VAE's ceiling (the true edit encoded and decoded: the best a model in those
+    latents can return) and the ground-truth reference (the true edit itself: its WE is the metric's own bilinear
+    interpolation error, ~0 on the whole-pixel pans)."""
+    S, f, v, nf = vids.frames.shape[-1], models.factor, *vids.frames.shape[:2]
+    out = [{"row": "input video (unedited)", "model": "", **summarise_row(video_metrics(vids.frames, vids))}]
     for name in MODELS:
-        rec = models.decode(name, models.encode(name, truth.flatten(0, 1))).reshape(vids.frames.shape).cpu()
-        out[f"{name} VAE reconstruction of the true edit"] = {
-            "we_nb": mean_sem(we_nb(rec, vids.back_img)), "we_first": mean_sem(we_first(rec, vids.first_img)),
-            "edit_psnr_db": mean_sem(psnr2(rec, truth).mean(1))}
+        for label, video in (("input video", vids.frames), ("ceiling: true edit", vids.truth)):
+            z = models.encode(name, video.flatten(0, 1))
+            y = models.decode(name, z).reshape(vids.frames.shape).cpu()
+            lat = z.reshape(v, nf, -1, S // f, S // f)
+            out.append({"row": f"{name} VAE {label}", "model": name, **summarise_row(video_metrics(y, vids, lat))})
+    out.append({"row": GROUND_TRUTH, "model": "", **summarise_row(video_metrics(vids.truth, vids))})
+    gt = out[-1]["per_video"]["we_nb"]
+    out[-1]["we_nb_by_kind"] = {k: float(torch.tensor(gt[i::len(KINDS)]).mean()) for i, (k, _) in enumerate(KINDS)
+                                if i < len(gt)}
     return out
 
 
@@ -362,36 +439,46 @@ def positive_control(cfg: Config, vids: Videos, device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- 7. interpolation
-def interpolation(cfg: Config, models: Models, vids: Videos) -> tuple[list[dict], dict, list[float], list[int]]:
-    """Latent interpolation between frames 0 and ``gap`` of the pan and rotation videos, with the paper's slerp and
-    attention blend and without (the released script). Returns (rows, decoded frames (P, A, 3, S, S) by row, alphas,
-    video indices)."""
+def interpolation(cfg: Config, models: Models, vids: Videos) -> tuple[dict, dict, list[float], list[int]]:
+    """Latent interpolation between frames 0 and ``gap`` of the pan and rotation videos, as the paper describes it
+    and as the released script runs it (``afcore.editing.interpolate``'s variants), beside its controls: the true
+    intermediate frames (ground truth) and the same frames through each VAE (ceiling). Returns ({"rows",
+    "differences"}, decoded frames (P, A, 3, S, S) by row, alphas, video indices)."""
     S, f, dev = cfg.video_frame_size, models.factor, models.device
     frames, videos = vids.frames, vids.videos
     gap = min(4, cfg.video_frames - 1)
     alphas = [k / gap for k in range(gap + 1)]
     pairs = [i for i in range(cfg.video_videos) if KINDS[i % len(KINDS)][0] in ("pan", "rotate")]
-    rows, interp_frames = [], {}
+    truth = frames[pairs, :gap + 1]
+    steps_back = [torch.cat([videos[i].flow(k + 1, k) for i in pairs]) for k in range(gap)]
+
+    def metrics(y):  # per pair: PSNR at the inner alphas, smoothness WE, flicker, detail against the true frames
+        psnr = psnr2(y, truth)  # (pairs, alphas)
+        smooth = torch.stack([FL.warp_error(y[:, k], y[:, k + 1], steps_back[k]) for k in range(gap)]).mean(0)
+        return {"psnr_intermediate_db": psnr[:, 1:-1].mean(1), "smoothness_we": smooth, "flicker_db": psnr.std(1),
+                "hf_ratio": hf_ratio(y[:, 1:-1], truth[:, 1:-1])}
+
+    rows, interp_frames = {}, {}
+    rows["ground truth (true intermediate frames)"] = {"model": "", "variant": "", **summarise_row(metrics(truth))}
     for name in tqdm(MODELS, desc="interpolation"):
         za = models.encode(name, frames[pairs, 0])
         zb = models.encode(name, frames[pairs, gap])
+        ceiling = models.decode(name, models.encode(name, truth.flatten(0, 1))).reshape(truth.shape).cpu()
+        rows[f"{name} VAE ceiling"] = {"model": name, "variant": "", **summarise_row(metrics(ceiling))}
         f_ab = torch.cat([videos[i].flow(0, gap) for i in pairs]).to(dev)
         f_ba = torch.cat([videos[i].flow(gap, 0) for i in pairs]).to(dev)
-        for blend in (True, False):
+        for variant, label in INTERP_LABELS.items():
             out = ED.interpolate(models.unets[name], za, zb, f_ab, f_ba, alphas, cfg.video_steps, f,
-                                 generator=make_generator(cfg.seed + 5, dev), blend=blend)
+                                 generator=make_generator(cfg.seed + 5, dev), variant=variant)
             y = models.decode(name, out.flatten(0, 1)).reshape(len(pairs), len(alphas), 3, S, S).cpu()
-            label = f"{name}, {'slerp + attention blend (paper)' if blend else 'no blend (released script)'}"
-            interp_frames[label] = y
-            psnr = psnr2(y, frames[pairs, :gap + 1])  # (pairs, alphas)
-            inner = psnr[:, 1:-1]
-            smooth = torch.stack([FL.warp_error(y[:, k], y[:, k + 1],
-                                                torch.cat([videos[i].flow(k + 1, k) for i in pairs]))
-                                  for k in range(gap)]).mean(0)
-            rows.append({"row": label, "model": name, "blend": blend,
-                         "psnr_intermediate_db": mean_sem(inner.mean(1)),
-                         "smoothness_we": mean_sem(smooth), "flicker_db": mean_sem(psnr.std(1))})
-    return rows, interp_frames, alphas, pairs
+            interp_frames[f"{name}, {label}"] = y
+            rows[f"{name}, {label}"] = {"model": name, "variant": variant, **summarise_row(metrics(y))}
+    paper, released = (f"{{}}, {INTERP_LABELS[v]}" for v in ("paper", "released"))
+    contrasts = [(paper.format(m), released.format(m)) for m in MODELS]
+    contrasts += [(v.format("AF-LDM"), v.format("standard LDM")) for v in (paper, released)]
+    diffs = paired_differences(rows, contrasts, ("psnr_intermediate_db", "smoothness_we", "hf_ratio"))
+    return ({"rows": [{"row": k, **v} for k, v in rows.items()], "differences": diffs}, interp_frames, alphas,
+            pairs)
 
 
 # ------------------------------------------------------------------------------------------- 8. text path
@@ -435,11 +522,11 @@ def text_path(cfg: Config, vids: Videos, device, root) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------ 9. outputs
-def summarise(cfg: Config, factor: int, results: list[dict], floor: dict, control_we: dict, interp_rows: list[dict],
-              text: dict | None, clip: dict | None, train_seconds: dict) -> dict:
+def summarise(cfg: Config, factor: int, results: list[dict], control_rows: list[dict], control_we: dict,
+              interp: dict, text: dict | None, clip: dict | None, train_seconds: dict) -> dict:
     S = cfg.video_frame_size
-    std_cfa = next(r for r in results if r["row"] == "standard LDM + CFA")
-    af_cfa = next(r for r in results if r["row"] == "AF-LDM + CFA")
+    rows = {r["row"]: r for r in results + control_rows}
+    std_cfa, af_cfa = rows["standard LDM + CFA"], rows["AF-LDM + CFA"]
     return {
         "profile": cfg.profile,
         "scale": {"frame_size": S, "latent": [4, S // factor, S // factor], "finetune_steps": cfg.video_finetune_steps,
@@ -447,11 +534,12 @@ def summarise(cfg: Config, factor: int, results: list[dict], floor: dict, contro
                   "ddim_steps": cfg.video_steps, "strength": cfg.video_strength, "cfg": cfg.video_cfg},
         "conventions": CONVENTIONS,
         "table6": results,
+        "controls": control_rows,
+        "differences": paired_differences(rows, CONTRASTS, CONTRAST_METRICS),
         "table6_paper": TABLE6_PAPER,
         "ratio_af_over_standard_with_cfa": af_cfa["we_nb"][0] / std_cfa["we_nb"][0],
-        "floor": floor,
         "positive_control_we_nb": control_we,
-        "interpolation": interp_rows,
+        "interpolation": interp,
         "text_path": text,
         "user_clip": clip,
         "train_seconds": train_seconds,
@@ -459,11 +547,28 @@ def summarise(cfg: Config, factor: int, results: list[dict], floor: dict, contro
 
 
 def write_outputs(summary: dict, out_dir) -> None:
-    """``metrics/41_video_editing.json`` (everything) and ``metrics/41_video_editing_we.csv`` (Table 6, DVC plot)."""
+    """``metrics/41_video_editing.json`` (everything) and ``metrics/41_video_editing_we.csv`` (Table 6 and its
+    controls, DVC plot)."""
     save_json(summary, out_path(out_dir, "metrics", f"{NAME}.json"))
+    def first(v):  # None (the true edit's PSNR against itself) -> an empty cell
+        return "" if v is None else v[0]
+
     save_csv([{"row": r["row"], "we_nb": r["we_nb"][0], "we_nb_sem": r["we_nb"][1], "we_first": r["we_first"][0],
-               "edit_psnr_db": r["edit_psnr_db"][0]} for r in summary["table6"]],
+               "edit_psnr_db": first(r["edit_psnr_db"]), "hf_ratio": r["hf_ratio"][0]}
+              for r in summary["table6"] + summary["controls"]],
              out_path(out_dir, "metrics", f"{NAME}_we.csv"))
+
+
+def difference_markdown(diffs: list[dict], digits: dict | None = None) -> str:
+    """A Markdown table of paired differences: a - b, mean ± s.e., and the verdict."""
+    digits = digits or {}
+    lines = ["| a | b | metric | a - b (mean ± s.e.) | verdict |", "|---|---|---|---|---|"]
+    for d in diffs:
+        k = digits.get(d["metric"], 4)
+        word = verdict(d["diff"], d["sem"])
+        word = "not resolved (|diff| <= 2 s.e.)" if word == "not resolved" else f"resolved: a {word}"
+        lines.append(f"| {d['a']} | {d['b']} | {d['metric']} | {d['diff']:+.{k}f} ± {d['sem']:.{k}f} | {word} |")
+    return "\n".join(lines)
 
 
 def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
@@ -475,16 +580,18 @@ def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     _, train_seconds = finetune_all(cfg, models, train_images, out_dir)
     vids = make_videos(cfg, models.factor)
     results, _ = edit_table(cfg, models, vids)
-    floor = floors(models, vids)
+    control_rows = controls(models, vids)
     clip, _ = user_clip(cfg, models, vids, out_dir)
     control_we = positive_control(cfg, vids, dev)
-    interp_rows, _, _, _ = interpolation(cfg, models, vids)
+    interp, _, _, _ = interpolation(cfg, models, vids)
     text = text_path(cfg, vids, dev, out_dir)
-    summary = summarise(cfg, models.factor, results, floor, control_we, interp_rows, text, clip, train_seconds)
+    summary = summarise(cfg, models.factor, results, control_rows, control_we, interp, text, clip, train_seconds)
     write_outputs(summary, out_dir)
     return summary
 
 
-__all__ = ["Config", "MODELS", "KINDS", "ROWS", "Models", "Videos", "load_inputs", "finetune", "finetune_all",
-           "make_videos", "we_nb", "we_first", "psnr2", "edit_table", "floors", "user_clip", "control",
-           "positive_control", "interpolation", "text_path", "summarise", "write_outputs", "run"]
+__all__ = ["Config", "MODELS", "KINDS", "ROWS", "CONTRASTS", "GROUND_TRUTH", "INTERP_LABELS", "Models", "Videos",
+           "load_inputs", "finetune", "finetune_all", "make_videos", "we_nb", "we_first", "psnr2", "hf_energy",
+           "hf_ratio", "video_metrics", "summarise_row", "paired_differences", "edit_table", "controls", "user_clip",
+           "control", "positive_control", "interpolation", "text_path", "summarise", "write_outputs",
+           "difference_markdown", "run"]

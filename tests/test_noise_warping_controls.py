@@ -90,7 +90,7 @@ def test_warp_methods_share_their_draws():
 
 
 def test_paper_scaled_lambda_and_sweep():
-    cfg = stage.Config().replace(warp_guidance=1.0, warp_guidance_sweep=(0.0, 0.3, 1.0))
+    cfg = stage.Config().replace(warp_guidance=1.0, warp_guidance_sweep=(0.0, 0.3, 1.0))  # 0 and 1: runs of their own
     assert stage.paper_scaled_lambda(cfg, (4, 16, 16)) == pytest.approx(1 / 8)
     assert stage.paper_scaled_lambda(cfg, (4, 128, 128)) == pytest.approx(1.0)
     assert stage.sweep(cfg, (4, 16, 16)) == [0.125, 0.3]

@@ -85,7 +85,7 @@ def test_run_writes_metrics_with_the_promised_properties(stage_device, device_ch
                                         ("higher" if d["diff"] > 0 else "lower"))
     # the lambda sweep holds the paper-scaled lambda; the exact-warp guidance runs exist for the T3 pan
     assert stage.paper_scaled_lambda(cfg, (4, 16, 16)) == pytest.approx(cfg.warp_guidance / 8)
-    exact = m["tables"]["T3"]["exact_warp_guidance_pans"]
+    exact = [r["run"] for r in m["tables"]["T3"]["exact_warp_guidance_pans"]]
     assert any(k.startswith("exact warp") for k in exact) and "no guidance (guided steps)" in exact
     assert m["gp_neighbour_correlation_truncated_kernel"] == pytest.approx(0.391, abs=1e-3)
     assert m["guidance_diagnosis"]["pan_step_latent_px"] == pytest.approx(0.35)

@@ -183,11 +183,30 @@ def consistency_mask(fwd: torch.Tensor, bwd: torch.Tensor, alpha: float = 0.01, 
     return ((diff <= thresh).to(fwd.dtype) * inside)
 
 
+def fourier_warp(x: torch.Tensor, flow: torch.Tensor, tol: float = 1e-3):
+    """``backward_warp`` for a constant flow (a pan) as an exact band-limited shift: ``y(p) = x(p + d)`` computed
+    with a phase ramp in the Fourier domain (no interpolation blur, so a pan of a band-limited frame is undone
+    exactly; the wrap-around is cut by the in-frame mask). Returns ``(y, mask)`` like :func:`backward_warp`; raises
+    if the flow is not constant per sample (within ``tol`` px)."""
+    _check_flow(x, flow)
+    d = flow.mean((-1, -2))  # (B, 2): (dy, dx)
+    if float((flow - d[:, :, None, None]).abs().max()) > tol:
+        raise ValueError("fourier_warp needs a constant flow per sample (a pan); use backward_warp otherwise")
+    h, w = x.shape[-2:]
+    fy = torch.fft.fftfreq(h, device=x.device, dtype=torch.float64)
+    fx = torch.fft.fftfreq(w, device=x.device, dtype=torch.float64)
+    phase = 2 * math.pi * (d[:, 0, None, None].double() * fy[:, None] + d[:, 1, None, None].double() * fx[None, :])
+    y = torch.fft.ifft2(torch.fft.fft2(x.double()) * torch.polar(torch.ones_like(phase), phase)[:, None]).real
+    pos = grid(h, w, device=flow.device, dtype=flow.dtype)[None] + flow
+    return y.to(x.dtype), _inside(pos, h, w)[:, None].to(x.dtype)
+
+
 def warp_error(y_b: torch.Tensor, y_a: torch.Tensor, flow_ab: torch.Tensor, mask: torch.Tensor | None = None,
-               mode: str = "bilinear") -> torch.Tensor:
+               mode: str = "bilinear", warp=None) -> torch.Tensor:
     """Per-sample warping error ``sum M |y_b(p + F(p)) - y_a(p)|^2 / (C sum M)`` (B,); the later frame y_b is
-    interpolated onto a's grid, y_a is not. ``mask`` (optional, (B|1, 1, H, W)) is multiplied with the in-frame mask."""
-    warped, inside = backward_warp(y_b, flow_ab, mode=mode)
+    interpolated onto a's grid, y_a is not. ``mask`` (optional, (B|1, 1, H, W)) is multiplied with the in-frame mask.
+    ``warp``: a replacement for :func:`backward_warp` with its signature (e.g. :func:`fourier_warp` for pans)."""
+    warped, inside = backward_warp(y_b, flow_ab, mode=mode) if warp is None else warp(y_b, flow_ab)
     m = inside if mask is None else inside * mask
     err = ((warped - y_a) ** 2 * m).flatten(1).sum(1)
     return err / (m.expand_as(y_a).flatten(1).sum(1)).clamp_min(1)

@@ -90,12 +90,14 @@ GUIDANCE_TARGETS = ("current", "previous")
 
 def sample_video(unet, noises: torch.Tensor, conds: torch.Tensor, steps: int = 25, guidance=None,
                  prev_flows: torch.Tensor | None = None, guidance_norm: str = "dps", progress: bool = False,
-                 guidance_target: str = "current", back_flows: torch.Tensor | None = None):
+                 guidance_target: str = "current", back_flows: torch.Tensor | None = None, warp=None):
     """DDIM (eta 0) for every frame: ``noises``, ``conds`` (T, B, C, h, w); returns the final latents (T, B, C, h, w).
 
     ``guidance``: None (plain sampling) or lambda, a float or a (B,) tensor (one per video), with ``prev_flows``
     (T-1, B, 2, h, w) the forward flows j-1 -> j on the latent grid. ``guidance_target``: "current" (the paper: warp
     the current prediction) or "previous" (warp the stored one; needs ``back_flows``, the flows j -> j-1).
+    ``warp``: the warp inside the guidance residual, ``FL.backward_warp`` (bilinear) when None, or a function with
+    its signature (``FL.fourier_warp``: exact for pans).
     """
     if guidance_norm not in ("dps", "none"):
         raise ValueError(f"guidance_norm must be 'dps' or 'none', got {guidance_norm!r}")
@@ -125,10 +127,10 @@ def sample_video(unet, noises: torch.Tensor, conds: torch.Tensor, steps: int = 2
                 x0 = (xg - (1 - a).sqrt() * eps) / a.sqrt()
                 if guide:
                     if guidance_target == "current":
-                        warped, inside = FL.backward_warp(x0, prev_flows[j - 1])
+                        warped, inside = (warp or FL.backward_warp)(x0, prev_flows[j - 1])
                         r = inside * (warped - prev_x0[i])
                     else:
-                        target, inside = FL.backward_warp(prev_x0[i], back_flows[j - 1])
+                        target, inside = (warp or FL.backward_warp)(prev_x0[i], back_flows[j - 1])
                         r = inside * (x0 - target)
                     norm = r.flatten(1).norm(dim=1)
                     grad, = torch.autograd.grad((norm ** 2).sum(), xg)

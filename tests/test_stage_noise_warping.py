@@ -36,12 +36,12 @@ def test_run_writes_metrics_with_the_promised_properties(stage_device, device_ch
         m = stage.run(cfg, stage_device, tmp_path)
 
     assert json.loads((tmp_path / "metrics" / "40_noise_warping.json").read_text())["ratios"] == m["ratios"]
-    for kind in ("indep", "gp"):
+    for kind in ("indep", "gp", "indep_cont"):
         assert (tmp_path / "checkpoints" / "warp" / kind / "last.pt").exists()
     with open(tmp_path / "metrics" / "40_noise_warping_we.csv") as fh:
         we = list(csv.DictReader(fh))
     labels = [r[0] for r in stage.rows(cfg)]
-    assert len(we) == len(stage.TABLES) * len(labels) * (cfg.warp_frames - 1)
+    assert len(we) == len(stage.TABLES) * (len(labels) + len(stage.CONTROLS)) * (cfg.warp_frames - 1)
     assert all(float(r[k]) >= 0 for r in we for k in stage.WE_KEYS)
 
     # the flow convention: warping the right view with the disparity flow reproduces the left view, -flow does not
@@ -67,7 +67,27 @@ def test_run_writes_metrics_with_the_promised_properties(stage_device, device_ch
         assert math.isclose(m["ratios"][table]["wd_over_gp_warping_latent"],
                             by_row["Warped Diffusion"]["latent_first"]["mean"]
                             / by_row["GP Warping"]["latent_first"]["mean"])
-        assert all(_finite(v) and v["mean"] >= 0 for v in t["floor"].values())
+        # the controls: input (bicubic, and through the VAE), VAE ceiling, ground truth; the exact (Fourier) warp
+        # makes the ground truth of T2's integer pans score 0 in pixels
+        controls = {c["row"]: c for c in t["controls"]}
+        assert list(controls) == list(stage.CONTROLS)
+        assert all(_finite(c[k]) for c in controls.values() for k in stage.WE_KEYS + ("psnr", "hf_ratio"))
+        gt = controls["Ground-truth reference"]
+        assert gt["hf_ratio"]["mean"] == pytest.approx(1.0) and gt["psnr"]["mean"] > 60
+        if table == "T2":
+            assert gt["pixel_first"]["mean"] < 1e-8 and gt["pixel_prev"]["mean"] < 1e-8
+        # paired differences: one entry per pair, the verdict follows the 2-SE rule
+        assert [(p["a"], p["b"]) for p in t["paired"]] == stage.PAIRS
+        for p in t["paired"]:
+            for k in ("latent_first", "psnr"):
+                d = p[k]
+                assert d["verdict"] == ("not resolved" if abs(d["diff"]) <= 2 * d["sem"] else
+                                        ("higher" if d["diff"] > 0 else "lower"))
+    # the lambda sweep holds the paper-scaled lambda; the exact-warp guidance runs exist for the T3 pan
+    assert stage.paper_scaled_lambda(cfg, (4, 16, 16)) == pytest.approx(cfg.warp_guidance / 8)
+    exact = [r["run"] for r in m["tables"]["T3"]["exact_warp_guidance_pans"]]
+    assert any(k.startswith("exact warp") for k in exact) and "no guidance (guided steps)" in exact
+    assert m["gp_neighbour_correlation_truncated_kernel"] == pytest.approx(0.391, abs=1e-3)
     assert m["guidance_diagnosis"]["pan_step_latent_px"] == pytest.approx(0.35)
     assert m["guidance_diagnosis"]["bilinear_nyquist_gain_of_the_pan_step"] == pytest.approx(0.3)
     shares = m["guidance_diagnosis"]["high_share_last_frame_per_video"]

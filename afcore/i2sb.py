@@ -107,11 +107,20 @@ def i2sb_loss(unet, x0, x1, sched: dict, generator: torch.Generator, ot_ode: boo
 
 
 def space_indices(num_steps: int, count: int) -> list[int]:
-    """``count`` indices from 0 to num_steps - 1, evenly spaced and rounded (I2SB's sampling grid)."""
+    """``count`` indices from 0 to num_steps - 1, evenly spaced: I2SB's sampling grid, built as NVlabs/I2SB builds
+    it. A float position starts at 0 and the stride (num_steps - 1) / (count - 1) is added to it once per index;
+    each index is Python's round() of the running position. Computing ``round(i * stride)`` instead gives the same
+    grid for most counts but not all: where i * stride lands on a half (at NFE 20: 10 * 49.95 = 499.5) the
+    accumulated float sits just below or above it, so the two rules round to neighbouring indices (499 vs 500).
+    Matching the reference's rule keeps our NFE-k sampler on the exact time grid its models are run on."""
     if not 2 <= count <= num_steps:
         raise ValueError(f"count (sr_nfe + 1) must be in [2, {num_steps}], got {count}")
     stride = (num_steps - 1) / (count - 1)
-    return [round(i * stride) for i in range(count)]
+    position, taken = 0.0, []
+    for _ in range(count):
+        taken.append(round(position))
+        position += stride  # accumulated, not i * stride: the reference's rounding (see above)
+    return taken
 
 
 def draw_noises(shape, nfe: int, generator: torch.Generator, device, dtype=torch.float32) -> list:

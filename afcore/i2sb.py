@@ -12,7 +12,8 @@ equations and metric definitions in docs/sr.md).
   mode the per-step noises can be passed in, so a shifted run can reuse the unshifted run's noise shifted circularly.
 - ``degrade_sr4``: bicubic down x4 + nearest up x4 (the reference's) or the ideal (FFT) down/up.
 - ``sr_shift_consistency`` / ``image_shift_consistency``: the two shift protocols; ``PointwiseLinear``: the
-  positive control (exactly shift-equivariant by construction).
+  positive control (exactly shift-equivariant by construction); ``ZeroNet``: the "do nothing" model (with the OT-ODE
+  sampler it returns its input unchanged), which puts the input and the VAE alone through the same protocols.
 
 Everything random comes from a ``torch.Generator`` on the tensors' device.
 """
@@ -31,7 +32,7 @@ from afcore.signal import downsample, fourier_shift, upsample, valid_mask
 
 __all__ = ["BETAS", "DEGRADATIONS", "bridge_schedule", "q_sample", "label", "pred_x0", "i2sb_loss",
            "space_indices", "draw_noises", "sample", "degrade_sr4", "sr_shift_consistency",
-           "image_shift_consistency", "PointwiseLinear"]
+           "image_shift_consistency", "PointwiseLinear", "ZeroNet"]
 
 BETAS = ("symmetric", "ldm")
 DEGRADATIONS = ("bicubic_nearest", "ideal")
@@ -266,3 +267,13 @@ class PointwiseLinear(nn.Module):
     def forward(self, x, t):
         scale = 1 + t.to(x.dtype).view(-1, 1, 1, 1) / 1000
         return SimpleNamespace(sample=scale * torch.einsum("oc,bchw->bohw", self.weight, x))
+
+
+class ZeroNet(nn.Module):
+    """The identity control: a "network" that always outputs zeros. Then x0_hat = x_n at every step, and the OT-ODE
+    sampler (``ot_ode=True``) mixes x_n only with itself, so ``sample`` returns x1 unchanged for any ``nfe``. Run
+    through a shift protocol with a VAE's codec it measures the decoded degraded latent: what the input and the VAE
+    give before any SR network acts (or, fed the clean latent, the VAE's ceiling)."""
+
+    def forward(self, x, t):
+        return SimpleNamespace(sample=torch.zeros_like(x))

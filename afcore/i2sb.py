@@ -12,7 +12,8 @@ equations and metric definitions in docs/sr.md).
   mode the per-step noises can be passed in, so a shifted run can reuse the unshifted run's noise shifted circularly.
 - ``degrade_sr4``: bicubic down x4 + nearest up x4 (the reference's) or the ideal (FFT) down/up.
 - ``sr_shift_consistency`` / ``image_shift_consistency``: the two shift protocols; ``PointwiseLinear``: the
-  positive control (exactly shift-equivariant by construction).
+  positive control (exactly shift-equivariant by construction); ``ZeroNet``: the "do nothing" model (with the OT-ODE
+  sampler it returns its input unchanged), which puts the input and the VAE alone through the same protocols.
 
 Everything random comes from a ``torch.Generator`` on the tensors' device.
 """
@@ -31,7 +32,7 @@ from afcore.signal import downsample, fourier_shift, upsample, valid_mask
 
 __all__ = ["BETAS", "DEGRADATIONS", "bridge_schedule", "q_sample", "label", "pred_x0", "i2sb_loss",
            "space_indices", "draw_noises", "sample", "degrade_sr4", "sr_shift_consistency",
-           "image_shift_consistency", "PointwiseLinear"]
+           "image_shift_consistency", "PointwiseLinear", "ZeroNet"]
 
 BETAS = ("symmetric", "ldm")
 DEGRADATIONS = ("bicubic_nearest", "ideal")
@@ -107,11 +108,20 @@ def i2sb_loss(unet, x0, x1, sched: dict, generator: torch.Generator, ot_ode: boo
 
 
 def space_indices(num_steps: int, count: int) -> list[int]:
-    """``count`` indices from 0 to num_steps - 1, evenly spaced and rounded (I2SB's sampling grid)."""
+    """``count`` indices from 0 to num_steps - 1, evenly spaced: I2SB's sampling grid, built as NVlabs/I2SB builds
+    it. A float position starts at 0 and the stride (num_steps - 1) / (count - 1) is added to it once per index;
+    each index is Python's round() of the running position. Computing ``round(i * stride)`` instead gives the same
+    grid for most counts but not all: where i * stride lands on a half (at NFE 20: 10 * 49.95 = 499.5) the
+    accumulated float sits just below or above it, so the two rules round to neighbouring indices (499 vs 500).
+    Matching the reference's rule keeps our NFE-k sampler on the exact time grid its models are run on."""
     if not 2 <= count <= num_steps:
         raise ValueError(f"count (sr_nfe + 1) must be in [2, {num_steps}], got {count}")
     stride = (num_steps - 1) / (count - 1)
-    return [round(i * stride) for i in range(count)]
+    position, taken = 0.0, []
+    for _ in range(count):
+        taken.append(round(position))
+        position += stride  # accumulated, not i * stride: the reference's rounding (see above)
+    return taken
 
 
 def draw_noises(shape, nfe: int, generator: torch.Generator, device, dtype=torch.float32) -> list:
@@ -257,3 +267,13 @@ class PointwiseLinear(nn.Module):
     def forward(self, x, t):
         scale = 1 + t.to(x.dtype).view(-1, 1, 1, 1) / 1000
         return SimpleNamespace(sample=scale * torch.einsum("oc,bchw->bohw", self.weight, x))
+
+
+class ZeroNet(nn.Module):
+    """The identity control: a "network" that always outputs zeros. Then x0_hat = x_n at every step, and the OT-ODE
+    sampler (``ot_ode=True``) mixes x_n only with itself, so ``sample`` returns x1 unchanged for any ``nfe``. Run
+    through a shift protocol with a VAE's codec it measures the decoded degraded latent: what the input and the VAE
+    give before any SR network acts (or, fed the clean latent, the VAE's ceiling)."""
+
+    def forward(self, x, t):
+        return SimpleNamespace(sample=torch.zeros_like(x))

@@ -16,16 +16,32 @@
 # $\hat x_0 = x_n - \sigma_f(n)\,\mathrm{net}(x_n, n)$. Sampling starts at $x_1$ and steps $n \to m < n$ with the
 # Gaussian product $x_m = \frac{\sigma_\Delta^2}{\sigma_f^2(n)}\hat x_0 + \frac{\sigma_f^2(m)}{\sigma_f^2(n)} x_n
 # \,(+ \sqrt{\sigma_f^2(m)\sigma_\Delta^2/\sigma_f^2(n)}\,\epsilon)$, $\sigma_\Delta^2 = \sigma_f^2(n)-\sigma_f^2(m)$.
+# The `sr_nfe` + 1 indices from $N-1$ down to 0 are built as NVlabs/I2SB builds them: a float position advanced
+# by the stride $(N-1)/\mathrm{nfe}$ and rounded at each step (`i2sb.space_indices`; rounding $i \cdot$ stride
+# instead moves index 499.5 to 500 at NFE 20).
 #
-# **Defaults and options.** I2SB's own choices are the defaults: symmetric betas (`sr_betas: symmetric`) and the
-# stochastic bridge (`sr_ot_ode: false`). The AF-LDM code instead reuses the LDM's scaled-linear betas (`ldm`) and the
-# deterministic OT-ODE bridge (no $\epsilon$ term; `sr_ot_ode: true`); both are options. The degradation is the
-# reference's (bicubic down x4, nearest up x4; `sr_degradation: bicubic_nearest`) or an ideal FFT down/up (`ideal`).
+# **Defaults and options.** I2SB's symmetric betas are the default (`sr_betas: symmetric`; the AF-LDM code's
+# scaled-linear LDM betas are the option `ldm`). The bridge is I2SB's stochastic one (`sr_ot_ode: false`) or the
+# deterministic OT-ODE (no $\epsilon$ term; `sr_ot_ode: true`), which I2SB also reports and the AF-LDM code uses; the
+# cpu profile takes the OT-ODE (see "The controls" below for why). The degradation is I2SB's sr4x (bicubic down x4,
+# nearest up x4, also the AF-LDM code's; `sr_degradation: bicubic_nearest`) or an ideal FFT down/up (`ideal`).
+#
+# **The controls.** A latent SR model cannot output anything its VAE cannot decode, and it starts from the degraded
+# latent. So every table carries, per VAE, the **VAE ceiling** (its reconstruction of the clean image) and the
+# **identity SR** (the degraded image encoded and decoded unchanged: what a latent model that does nothing outputs),
+# beside the image-space inputs (the degraded image itself and the bicubic up-sampling of the bicubic LR image). A
+# model has learned SR only where it beats its identity SR; a model can beat bicubic in PSNR only where its VAE's
+# ceiling is above bicubic. The identity and ceiling rows also go through the shift protocols, so that a model's
+# shift consistency is read against what its input and its VAE give without it: a blurrier input or a more
+# equivariant VAE raises SPSNR by itself.
 #
 # **Models.** Both start from the af_ldm stage's unconditional U-Nets: **LDM-I2SB** from the standard U-Net in the
 # vanilla VAE's latents (no equivariance loss; CFA at inference only as an extra row), **AF-I2SB** from AF-LDM in the
 # AF-VAE's latents, fine-tuned with the equivariance loss (weight `sr_eq_weight`, cross-frame attention, no
-# stop-gradient, as the reference).
+# stop-gradient, as the reference). With `sr_zero_out: true` (the cpu profile; not the paper's choice) the U-Net's last
+# convolution is zeroed before fine-tuning: the net then outputs 0, $\hat x_0 = x_n$, and the OT-ODE sampler returns
+# its input, so training starts from the identity SR rather than from an unconditional noise predictor whose outputs
+# mean nothing to the bridge (the rest of the U-Net keeps the af_ldm stage's weights).
 
 # %% tags=["parameters"]
 profile = "cpu"
@@ -44,6 +60,7 @@ sr_lr = 0.0005
 sr_ema_decay = 0.99
 sr_eq_weight = 1.0
 sr_cfa_detach = True
+sr_zero_out = False
 sr_nfe = 10
 sr_eval_images = 64
 sr_fid_images = 400
@@ -128,10 +145,8 @@ trained["train_seconds"]
 # ## SR quality
 #
 # PSNR (peak 2, images in [-1, 1]) and SSIM (Gaussian window 11, sigma 1.5, data range 2; torchmetrics) of the
-# decoded SR against HR, per image, mean ± standard error over `sr_eval_images` test crops. Reference lines: each
-# VAE's reconstruction of HR (the **ceiling** of a model working in that latent space), the degraded input itself
-# (the **nearest** floor for the reference degradation) and the bicubic up-sampling of the bicubic LR (**bicubic**
-# floor). FID[rand-natural32] (random-CNN features calibrated on the training crops, the af_ldm stage's convention;
+# decoded SR against HR, per image, mean ± standard error over `sr_eval_images` test crops, beside the control rows
+# (above): each VAE's ceiling and identity SR, the degraded input, bicubic. FID[rand-natural32] (random-CNN features calibrated on the training crops, the af_ldm stage's convention;
 # not Inception, so not comparable with any published FID) of `sr_fid_images` SR outputs against all test crops.
 
 # %%
@@ -141,8 +156,10 @@ display(Markdown(f"| output | SR PSNR (dB) | SSIM | {fid_name} |\n|---|---|---|-
     f"| {k} | {v['psnr_db'][0]:.2f} ± {v['psnr_db'][1]:.2f} | {v['ssim'][0]:.3f} ± {v['ssim'][1]:.3f} | "
     f"{v[fid_name]:.2f} |" for k, v in quality_rows.items())))
 outputs = quality["outputs"]
-cols = [("HR", quality["hr"]), ("degraded", outputs["degraded input (floor)"]),
-        ("bicubic", outputs["bicubic up x4 (floor)"])] + [(n, outputs[n]) for n in latent_sr.MODELS]
+cols = [("HR", quality["hr"]), ("degraded", outputs[latent_sr.DEGRADED]), ("bicubic", outputs[latent_sr.BICUBIC])]
+for n in latent_sr.MODELS:
+    cols += [(latent_sr.identity_row(n).replace("identity SR, ", "identity\n"), outputs[latent_sr.identity_row(n)]),
+             (n, outputs[n])]
 fig, axes = plt.subplots(4, len(cols), figsize=(1.6 * len(cols), 6.6))
 for c, (title, y) in enumerate(cols):
     for r in range(4):
@@ -168,6 +185,11 @@ plt.show()
 # measured directly: per image, the mean SPSNR at whole-pixel shifts (k = 8, 16) minus the mean at the fractional
 # ones. (With 8x8 latents a cropped shift past a whole pixel zero-fills one more column, 1/8 of the width, so every
 # row may also step down right after k = 8: a border effect, not aliasing.)
+#
+# **Identity and ceiling rows**: `i2sb.ZeroNet` (always outputs 0) through the OT-ODE sampler returns its input
+# unchanged, so the same protocol on the degraded latent measures $\mathrm{dec}(T_d x_1)$ against
+# $T_{fd}\,\mathrm{dec}(x_1)$: the shift consistency of the input and the decoder alone; on the clean latent it
+# measures the ceiling's. These rows are dashed in the figure.
 #
 # **Positive control**: `i2sb.PointwiseLinear` (a 1x1 convolution scaled by a function of n: linear and pointwise,
 # so exactly equivariant to Fourier shifts) run through the same sampler and protocol on the degraded *images*
@@ -209,7 +231,7 @@ plt.show()
 # output rolled back by $-\delta$ against HR, on the pixels that no $\delta$ wrapped around (a fixed region, so an
 # exactly equivariant model has flicker 0); mean ± s.e.m. over images. Only $\delta \equiv 0 \bmod 4$ moves the
 # reference degradation's nearest-neighbour blocks by whole blocks, so even an ideal model flickers at the other
-# shifts with `bicubic_nearest`. The positive control (pointwise linear net, identity codec) runs with the ideal
+# shifts with `bicubic_nearest`. The identity rows (as above) give the input's and the VAE's own flicker. The positive control (pointwise linear net, identity codec) runs with the ideal
 # degradation, which commutes with every integer roll, and must reach the ceiling.
 
 # %%
@@ -223,34 +245,18 @@ flicker_rows
 # Scale: the cpu profile is tiny (see the parameters: 32 px crops, 8x8x4 latents, a few hundred fine-tuning steps
 # from the af_ldm stage's U-Nets, `sr_nfe` network calls per SR); the AF-LDM paper reports no numbers for this task,
 # so there is nothing to put beside ours. All ± are standard errors over the evaluation images (each image's value
-# averaged over the shifts first). Differences are paired over the same images and shifts and called resolved when
-# they exceed twice their standard error.
+# averaged over the shifts first). Per VAE: its ceiling, its identity SR, its model(s). Differences are paired over
+# the same images and shifts and called resolved when they exceed twice their standard error. The comparison that
+# controls for blur and for the two VAEs is **AF minus LDM beyond their identity SR**: per image (AF-I2SB + CFA minus
+# the AF-VAE's identity SR) minus (LDM-I2SB + CFA minus the vanilla VAE's identity SR), i.e. what the SR networks
+# add to the consistency their inputs already have.
 
 # %%
 diffs = latent_sr.differences(shift_res, quality_rows)
-lines = [f"| row | SR PSNR (dB) | SSIM | {fid_name} | latent SPSNR | image SPSNR | min over k (image) | spread over k "
-         "(image) | image-protocol SPSNR | flicker (dB) |", "|---|---|---|---|---|---|---|---|---|---|"]
-for row, name, _ in latent_sr.ROWS + [(latent_sr.CONTROL, None, False)]:
-    q = quality_rows.get(name, None)
-    s, fl = shift_rows[row], flicker_rows[row]
-    qcols = (f"{q['psnr_db'][0]:.2f} ± {q['psnr_db'][1]:.2f} | {q['ssim'][0]:.3f} | {q[fid_name]:.2f}" if q else
-             "– | – | –")
-    flick = f"{fl['flicker_db'][0]:.2f} ± {fl['flicker_db'][1]:.2f}" if fl["flicker_db"] else "–"
-    lines.append(f"| {row} | {qcols} | {s['latent']['mean'][0]:.2f} ± {s['latent']['mean'][1]:.2f} | "
-                 f"{s['image']['mean'][0]:.2f} ± {s['image']['mean'][1]:.2f} | "
-                 f"{s['image']['min_over_k'][0]:.2f} ± {s['image']['min_over_k'][1]:.2f} (k={s['image']['argmin_k_eighths']}) | "
-                 f"{s['image']['spread_over_k']:.2f} | {fl['image_protocol_spsnr'][0]:.2f} ± "
-                 f"{fl['image_protocol_spsnr'][1]:.2f} | {flick} |")
-for key in outputs:
-    if key not in latent_sr.MODELS:
-        q = quality_rows[key]
-        lines.append(f"| {key} | {q['psnr_db'][0]:.2f} ± {q['psnr_db'][1]:.2f} | {q['ssim'][0]:.3f} | "
-                     f"{q[fid_name]:.2f} | – | – | – | – | – | – |")
-lines += ["", "| row | bounce: whole minus fractional shifts, latent SPSNR (dB) | ... image SPSNR (dB) |", "|---|---|---|"]
-for row, s in shift_rows.items():
-    b = [s[p]["whole_minus_fractional_db"] for p in ("latent", "image")]
-    lines.append(f"| {row} | " + " | ".join(f"{v[0]:+.2f} ± {v[1]:.2f}" if v else "–" for v in b) + " |")
-display(Markdown("\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in latent_sr.difference_lines(diffs))))
+summary = latent_sr.summarise(cfg, models, quality, shift_rows, flicker_rows, diffs, trained["train_seconds"],
+                              time.process_time() - cpu0)
+display(Markdown(latent_sr.table_markdown(summary) + "\n\n" +
+                 "\n".join(f"- {line}" for line in latent_sr.difference_lines(diffs))))
 
 # %% [markdown]
 # What the numbers say is computed, not written in advance: the lines above call a difference resolved only beyond
@@ -262,7 +268,5 @@ display(Markdown("\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in l
 precision = latent_sr.matmul_precision(dev)
 mark = latent_sr.check_controls(latent_sr.control_values(shift_res, image_res), precision)
 print(f"positive control: every SPSNR >= {mark:.1f} dB, the pass mark for {precision} arithmetic")
-summary = latent_sr.summarise(cfg, models, quality, shift_rows, flicker_rows, diffs, trained["train_seconds"],
-                              time.process_time() - cpu0)
 latent_sr.write_outputs(".", summary, latent_sr.shift_curve_rows(shift_res, sweep), shift_res, eval_lr, sweep, f)
 {k: summary[k] for k in ("differences", "stage_cpu_seconds")}

@@ -116,9 +116,33 @@ def test_positive_control_scores_at_the_ceiling(ot_ode):
         assert float(r2["latent"].min()) > 80
 
 
-def test_space_indices():
+def _reference_grid(num_steps, count):
+    """I2SB's step-grid rule written out independently: the running float position is the partial sum of
+    ``count - 1`` equal strides (itertools.accumulate adds them left to right, as the reference's loop does), each
+    index the nearest integer with ties to even (the reference's Python round)."""
+    import itertools
+    import math
+
+    stride = (num_steps - 1) / (count - 1)
+    positions = itertools.accumulate([0.0] + [stride] * (count - 1))
+    out = []
+    for p in positions:
+        lo = math.floor(p)
+        frac = p - lo
+        out.append(lo + 1 if frac > 0.5 or (frac == 0.5 and lo % 2) else lo)
+    return out
+
+
+def test_space_indices_match_the_reference_rule():
     assert i2sb.space_indices(1000, 2) == [0, 999]
+    for count in range(2, 1001):
+        assert i2sb.space_indices(1000, count) == _reference_grid(1000, count), count
+    for num_steps, count in ((10, 4), (37, 9), (999, 50)):
+        assert i2sb.space_indices(num_steps, count) == _reference_grid(num_steps, count)
+    # NFE 20 is where the rules part: the accumulated position 499.49999... rounds down; 10 * 49.95 = 499.5 would
+    # round (to even) up to 500
     idx = i2sb.space_indices(1000, 21)
+    assert idx[10] == 499 and round(10 * 999 / 20) == 500
     assert idx[0] == 0 and idx[-1] == 999 and len(set(idx)) == 21
     with pytest.raises(ValueError, match="sr_nfe"):
         i2sb.space_indices(1000, 1)

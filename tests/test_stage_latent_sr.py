@@ -29,8 +29,14 @@ def test_run_outputs(stage_device, smoke_run, device_checks):
               "figures/50_latent_sr/shift_test.gif", "checkpoints/sr/af_ldm/last.pt",
               "checkpoints/sr/ldm_vanilla_vae/last.pt"):
         assert (root / f).stat().st_size > 0, f
-    rows = [r for r, _, _ in latent_sr.ROWS] + [latent_sr.CONTROL]
-    assert set(m["shift"]) == set(rows) == set(m["image_protocol"])
+    identities = [latent_sr.identity_row(n) for n in latent_sr.MODELS]
+    ceilings = [latent_sr.ceiling_row(n) for n in latent_sr.MODELS]
+    rows = [r for r, _, _ in latent_sr.ROWS] + identities + ceilings + [latent_sr.CONTROL]
+    assert set(m["shift"]) == set(rows) and set(m["image_protocol"]) == set(rows) - set(ceilings)
+    # every table has the input rows (image space and, per VAE, the identity SR) and each VAE's ceiling
+    assert set(m["quality"]) == {latent_sr.DEGRADED, latent_sr.BICUBIC, *identities, *ceilings, *latent_sr.MODELS}
+    table = latent_sr.table_markdown(m)
+    assert all(f"| {row} |" in table for row in rows + [latent_sr.DEGRADED, latent_sr.BICUBIC])
     csv = (root / "metrics/50_latent_sr_shift.csv").read_text().splitlines()
     assert csv[0] == "row,shift_eighths,latent_spsnr_db,image_spsnr_db"
     assert len(csv) == 1 + len(rows) * cfg.sr_shift_eighths
@@ -61,6 +67,15 @@ def test_paired_differences(stage_device, smoke_run, device_checks):
     for part in ("latent", "image"):
         assert d[f"{part}_spsnr"]["diff_db"] == pytest.approx(
             s["AF-I2SB + CFA"][part]["mean"][0] - s["LDM-I2SB + CFA"][part]["mean"][0])
+    # the controlled comparison is the raw one minus the identity rows' own difference (paired, same images)
+    dd = m["differences"]["AF-I2SB + CFA minus LDM-I2SB + CFA, beyond their identity SR"]
+    ident = m["differences"][f"{latent_sr.identity_row('AF-I2SB')} minus {latent_sr.identity_row('LDM-I2SB')}"]
+    for part in ("latent", "image"):
+        assert dd[f"{part}_spsnr"]["diff_db"] == pytest.approx(
+            d[f"{part}_spsnr"]["diff_db"] - ident[f"{part}_spsnr"]["diff_db"])
+    for name in latent_sr.MODELS:
+        v = m["differences"][f"{name} minus its identity SR"]["sr_psnr"]["diff_db"]
+        assert v == pytest.approx(q[name]["psnr_db"][0] - q[latent_sr.identity_row(name)]["psnr_db"][0])
     for comp in m["differences"].values():
         for v in comp.values():
             assert v["resolved"] == (abs(v["diff_db"]) > 2 * v["sem_db"])
@@ -78,10 +93,49 @@ def test_resume_trains_no_extra_step(smoke_run, device_checks):
 
 @pytest.mark.parametrize("key,value", [("sr_betas", "cosine"), ("sr_degradation", "box"), ("sr_nfe", 1000),
                                        ("sr_image_size", 30), ("sr_dataset", "mnist"), ("sr_ema_decay", 1.0),
-                                       ("sr_fid_images", 1), ("sr_steps", -1)])
+                                       ("sr_fid_images", 1), ("sr_steps", -1), ("sr_zero_out", "yes"),
+                                       ("sr_ot_ode", 1)])
 def test_bad_config_names_the_key(smoke_params, key, value):
     with pytest.raises(ConfigError, match=key):
         latent_sr.Config.from_params(smoke_params, **{key: value})
+
+
+def test_identity_control_is_the_decoded_degraded_latent(smoke_run, device_checks):
+    """The identity rows: ZeroNet through the OT-ODE sampler returns the degraded latent unchanged, so its image
+    SPSNR is the decoder's own: PSNR(dec(T_d x1), T_fd dec(x1)), computed here directly."""
+    from afcore import metrics
+    from afcore.signal import fourier_shift, valid_mask
+
+    cfg, root, m = smoke_run("cpu", device_checks)
+    data_ = latent_sr.load_data(cfg, "cpu", root)
+    models = latent_sr.load_models(cfg, "cpu", root, data_["train"])
+    codec = models["AF-I2SB"]["codec"]
+    x1 = codec.encode(i2sb.degrade_sr4(data_["eval"], cfg.sr_degradation))
+    f, d = models["factor"], (0.0, 0.5)
+    out, _ = i2sb.sample(i2sb.ZeroNet(), x1, models["sched"], cfg.sr_nfe, ot_ode=True)
+    torch.testing.assert_close(out, x1, rtol=0, atol=1e-6)
+    dec = lambda z: codec.decode(z).clamp(-1, 1)  # noqa: E731
+    di = (0.0, d[1] * f)
+    direct = metrics.psnr(dec(fourier_shift(x1, d) * valid_mask(x1.shape[-2:], d)), fourier_shift(dec(x1), di),
+                          valid_mask(data_["eval"].shape[-2:], di), peak=2.0, per_sample=True)
+    r = i2sb.sr_shift_consistency(i2sb.ZeroNet(), x1, models["sched"], [d], 1, True, cfa=False, decode=dec,
+                                  factor=f)
+    torch.testing.assert_close(r["image"][0], direct, rtol=0, atol=1e-4)
+
+
+def test_zero_output_layer_starts_at_the_identity_sr():
+    """sr_zero_out: after zeroing the last convolution the OT-ODE sampler returns x1 (the identity SR)."""
+    from afcore import ldm
+
+    torch.manual_seed(0)
+    unet = ldm.latent_unet((8, 16), latent_channels=4, sample_size=8, groups=4)
+    x1 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    sched = i2sb.bridge_schedule()
+    moved, _ = i2sb.sample(unet, x1, sched, 4, ot_ode=True)
+    assert float((moved - x1).abs().max()) > 1e-3
+    latent_sr.zero_output_layer(unet)
+    out, _ = i2sb.sample(unet, x1, sched, 4, ot_ode=True)
+    torch.testing.assert_close(out, x1, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ the control's pass mark

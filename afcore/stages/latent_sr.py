@@ -37,6 +37,19 @@ MODELS = {"LDM-I2SB": ("vanilla", "ldm_vanilla_vae"), "AF-I2SB": ("af_vae", "af_
 # shift-test rows: (row, model, CFA at inference)
 ROWS = [("LDM-I2SB", "LDM-I2SB", False), ("LDM-I2SB + CFA", "LDM-I2SB", True), ("AF-I2SB + CFA", "AF-I2SB", True)]
 CONTROL = "positive control"
+# the input and ceiling rows of every table, one pair per VAE (model -> the VAE it works in)
+VAE_NAMES = {"LDM-I2SB": "vanilla VAE", "AF-I2SB": "AF-VAE"}
+DEGRADED, BICUBIC = "degraded input", "bicubic up x4"
+
+
+def identity_row(name: str) -> str:
+    """The "do nothing" latent model of ``name``'s VAE: its degraded latent decoded unchanged."""
+    return f"identity SR, {VAE_NAMES[name]}"
+
+
+def ceiling_row(name: str) -> str:
+    """``name``'s VAE reconstruction of the clean image: the best any model in that latent space can output."""
+    return f"VAE ceiling, {VAE_NAMES[name]}"
 DATASETS = ("natural32", "natural")
 
 
@@ -58,6 +71,7 @@ class Config(StageConfig):
     sr_ema_decay: float = 0.99
     sr_eq_weight: float = 1.0
     sr_cfa_detach: bool = True
+    sr_zero_out: bool = False
     sr_nfe: int = 10
     sr_eval_images: int = 64
     sr_fid_images: int = 400
@@ -88,8 +102,9 @@ class Config(StageConfig):
             raise ConfigError(f"sr.sr_ema_decay must be in (0, 1), got {self.sr_ema_decay}")
         if self.sr_eq_weight < 0:
             raise ConfigError(f"sr.sr_eq_weight must be >= 0, got {self.sr_eq_weight}")
-        if not isinstance(self.sr_cfa_detach, bool):
-            raise ConfigError(f"sr.sr_cfa_detach must be true or false, got {self.sr_cfa_detach!r}")
+        for key in ("sr_cfa_detach", "sr_zero_out", "sr_ot_ode"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"sr.{key} must be true or false, got {getattr(self, key)!r}")
 
 
 # ------------------------------------------------------------------ the positive control's pass mark, in one place
@@ -195,6 +210,17 @@ def load_models(cfg: Config, device, root, train_hr: torch.Tensor) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- training
+def zero_output_layer(unet) -> None:
+    """Zero the U-Net's last convolution (weights and bias), in place. The net then outputs 0, so x0_hat = x_n and
+    the OT-ODE sampler returns its input unchanged: fine-tuning starts at the identity SR instead of at an
+    unconditional noise predictor whose outputs mean nothing to the bridge. The rest of the U-Net keeps the af_ldm
+    stage's weights; gradients reach it as soon as the last layer moves off zero (ControlNet's zero convolution)."""
+    with torch.no_grad():
+        unet.conv_out.weight.zero_()
+        if unet.conv_out.bias is not None:
+            unet.conv_out.bias.zero_()
+
+
 def finetune(cfg: Config, name: str, models: dict, device, root):
     """Fine-tune ``name``'s U-Net (AdamW, EMA, clip 1, resumable under ``checkpoints/sr/<unet>``); AF-I2SB with the
     equivariance loss (weight ``sr_eq_weight``, CFA). Returns (the EMA model in eval mode, loss history)."""
@@ -203,8 +229,11 @@ def finetune(cfg: Config, name: str, models: dict, device, root):
     fp = dict(model=MODELS[name], steps=cfg.sr_steps, batch=cfg.sr_batch, lr=cfg.sr_lr, ema=cfg.sr_ema_decay, eq=eq,
               betas=cfg.sr_betas, ot_ode=cfg.sr_ot_ode, degradation=cfg.sr_degradation, dataset=cfg.sr_dataset,
               size=cfg.sr_image_size, train_images=cfg.sr_train_images, seed=cfg.seed,
-              scale=round(m["codec"].scale, 6), cfa_detach=cfg.sr_cfa_detach, weight_decay=WEIGHT_DECAY)
+              scale=round(m["codec"].scale, 6), cfa_detach=cfg.sr_cfa_detach, weight_decay=WEIGHT_DECAY,
+              zero_out=cfg.sr_zero_out)
     run_dir = prepare_run_dir(Path(root) / "checkpoints/sr" / MODELS[name][1], fp)
+    if cfg.sr_zero_out:
+        zero_output_layer(m["unet"])
     get_batch = batch_sampler(m["x0"], m["x1"], batch_size=cfg.sr_batch, seed=cfg.seed, device=dev)
     sched = models["sched"]
 
@@ -240,10 +269,11 @@ def super_resolve(cfg: Config, models: dict, name: str, x1: torch.Tensor, genera
 
 
 def sr_quality(cfg: Config, data_: dict, models: dict, device) -> dict:
-    """SR of the first ``sr_fid_images`` test crops by both models beside the floors (degraded input, bicubic up)
-    and ceilings (each VAE's reconstruction). Returns ``hr``, ``outputs`` (name -> images), ``rows`` (name -> PSNR
-    and SSIM mean +- s.e. over the first ``sr_eval_images``, FID against all test crops, per-image PSNR) and
-    ``fid_name``."""
+    """SR of the first ``sr_fid_images`` test crops by both models beside the input rows (the degraded input, the
+    bicubic up-sampling of the bicubic LR image, and per VAE the identity SR = the degraded latent decoded
+    unchanged) and each VAE's ceiling (its reconstruction of HR). Returns ``hr``, ``outputs`` (name -> images),
+    ``rows`` (name -> PSNR and SSIM mean +- s.e. over the first ``sr_eval_images``, FID against all test crops,
+    per-image PSNR) and ``fid_name``."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
     dev = torch.device(device)
@@ -252,11 +282,13 @@ def sr_quality(cfg: Config, data_: dict, models: dict, device) -> dict:
     lr_fid = i2sb.degrade_sr4(fid_hr, cfg.sr_degradation)
     bicubic = F.interpolate(F.interpolate(fid_hr, scale_factor=0.25, mode="bicubic", antialias=True), scale_factor=4,
                             mode="bicubic").clamp(-1, 1)
-    outputs = {"degraded input (floor)": lr_fid.clamp(-1, 1), "bicubic up x4 (floor)": bicubic}
+    outputs = {DEGRADED: lr_fid.clamp(-1, 1), BICUBIC: bicubic}
     for name in MODELS:
         codec = models[name]["codec"]
-        outputs[f"{name} VAE reconstruction (ceiling)"] = codec.decode(codec.encode(fid_hr)).clamp(-1, 1)
-        outputs[name] = super_resolve(cfg, models, name, codec.encode(lr_fid), gen_q)
+        x1 = codec.encode(lr_fid)
+        outputs[ceiling_row(name)] = codec.decode(codec.encode(fid_hr)).clamp(-1, 1)
+        outputs[identity_row(name)] = codec.decode(x1).clamp(-1, 1)
+        outputs[name] = super_resolve(cfg, models, name, x1, gen_q)
     rows, fid_name = {}, None
     hr = fid_hr[:cfg.sr_eval_images]
     for key, y in outputs.items():
@@ -276,8 +308,10 @@ def latent_sweep(cfg: Config) -> list:
 
 
 def latent_shift_test(cfg: Config, data_: dict, models: dict, device) -> dict:
-    """``i2sb.sr_shift_consistency`` for each row of ``ROWS`` on the degraded eval crops (noises from seed + 21),
-    then the positive control (``i2sb.PointwiseLinear``, identity codec, factor 1) under the same protocol."""
+    """``i2sb.sr_shift_consistency`` for each row of ``ROWS`` on the degraded eval crops (noises from seed + 21);
+    per VAE the identity SR (``i2sb.ZeroNet`` through the OT-ODE sampler: the degraded latent decoded unchanged)
+    and the ceiling (the same on the clean latent); then the positive control (``i2sb.PointwiseLinear``, identity
+    codec, factor 1). All under the same protocol."""
     dev = torch.device(device)
     sweep, sched = latent_sweep(cfg), models["sched"]
     eval_lr = i2sb.degrade_sr4(data_["eval"], cfg.sr_degradation)
@@ -287,6 +321,12 @@ def latent_shift_test(cfg: Config, data_: dict, models: dict, device) -> dict:
         res[row] = i2sb.sr_shift_consistency(models[name]["unet"], codec.encode(eval_lr), sched, sweep, cfg.sr_nfe,
                                              cfg.sr_ot_ode, cfa=cfa, decode=lambda z, c=codec: c.decode(z).clamp(-1, 1),
                                              factor=models["factor"], generator=make_generator(cfg.seed + 21, dev))
+    for name in MODELS:  # what the input and the VAE give with no SR network: the controls for blur and the VAE
+        codec = models[name]["codec"]
+        for row, x1 in ((identity_row(name), codec.encode(eval_lr)), (ceiling_row(name), codec.encode(data_["eval"]))):
+            res[row] = i2sb.sr_shift_consistency(i2sb.ZeroNet(), x1, sched, sweep, 1, True, cfa=False,
+                                                 decode=lambda z, c=codec: c.decode(z).clamp(-1, 1),
+                                                 factor=models["factor"])
     control = i2sb.PointwiseLinear(3, seed=cfg.seed).to(dev)
     res[CONTROL] = i2sb.sr_shift_consistency(control, eval_lr, sched, sweep, cfg.sr_nfe, cfg.sr_ot_ode, cfa=False,
                                              decode=lambda z: z, factor=1,
@@ -324,8 +364,8 @@ def image_deltas(cfg: Config) -> list:
 
 
 def image_shift_test(cfg: Config, data_: dict, models: dict, device) -> dict:
-    """``i2sb.image_shift_consistency`` for each row (noises from seed + 31), then the positive control with the
-    ideal degradation (which commutes with integer rolls)."""
+    """``i2sb.image_shift_consistency`` for each row (noises from seed + 31), per VAE the identity SR (``ZeroNet``,
+    OT-ODE), then the positive control with the ideal degradation (which commutes with integer rolls)."""
     dev = torch.device(device)
     deltas, sched, hr = image_deltas(cfg), models["sched"], data_["eval"]
     res = {}
@@ -335,6 +375,11 @@ def image_shift_test(cfg: Config, data_: dict, models: dict, device) -> dict:
             models[name]["unet"], hr, sched, deltas, codec.encode, lambda z, c=codec: c.decode(z).clamp(-1, 1),
             cfg.sr_degradation, cfg.sr_nfe, cfg.sr_ot_ode, cfa=cfa, factor=models["factor"],
             generator=make_generator(cfg.seed + 31, dev))
+    for name in MODELS:
+        codec = models[name]["codec"]
+        res[identity_row(name)] = i2sb.image_shift_consistency(
+            i2sb.ZeroNet(), hr, sched, deltas, codec.encode, lambda z, c=codec: c.decode(z).clamp(-1, 1),
+            cfg.sr_degradation, 1, True, cfa=False, factor=models["factor"])
     control = i2sb.PointwiseLinear(3, seed=cfg.seed).to(dev)
     res[CONTROL] = i2sb.image_shift_consistency(
         control, hr, sched, deltas, lambda x: x, lambda z: z, "ideal", cfg.sr_nfe, cfg.sr_ot_ode, cfa=False,
@@ -362,22 +407,41 @@ def control_values(shift_res: dict, image_res: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- comparison
 def differences(shift_res: dict, quality_rows: dict) -> dict:
-    """Paired differences (per image, averaged over shifts first), mean +- s.e.m.: AF-I2SB + CFA minus LDM-I2SB +
-    CFA (latent and image SPSNR, SR PSNR) and LDM-I2SB + CFA minus LDM-I2SB (what CFA alone does)."""
-    def per_image(row, part):
-        return shift_res[row][part].double().mean(0)
+    """Paired differences per image (each image's SPSNR averaged over the shifts first), mean +- s.e.m.:
 
-    def pair(a, b, part):
-        return paired_mean_sem(per_image(a, part).cpu(), per_image(b, part).cpu())
+    - AF-I2SB + CFA minus LDM-I2SB + CFA (latent and image SPSNR, SR PSNR): the raw comparison;
+    - the same for the two identity SR rows and the two ceilings: how much of it the input and the VAEs give alone;
+    - AF-I2SB + CFA minus LDM-I2SB + CFA *beyond their identity SR*: per image (AF model - AF identity) - (LDM model
+      - vanilla identity), the part the SR networks add (blur of the input and the VAEs' own equivariance cancel);
+    - each model minus its identity SR and minus bicubic (SR PSNR): does the model beat its input;
+    - LDM-I2SB + CFA minus LDM-I2SB: what CFA alone does."""
+    def per_image(row, part):
+        return shift_res[row][part].double().mean(0).cpu()
+
+    def shift_pair(a, b):
+        return {f"{part}_spsnr": paired_mean_sem(per_image(a, part), per_image(b, part)) for part in ("latent", "image")}
+
+    def psnr_pair(a, b):
+        return paired_mean_sem(quality_rows[a]["psnr_per_image"], quality_rows[b]["psnr_per_image"])
 
     af, ldm_cfa, plain = "AF-I2SB + CFA", "LDM-I2SB + CFA", "LDM-I2SB"
-    return {
-        f"{af} minus {ldm_cfa}": {
-            "latent_spsnr": pair(af, ldm_cfa, "latent"), "image_spsnr": pair(af, ldm_cfa, "image"),
-            "sr_psnr": paired_mean_sem(quality_rows["AF-I2SB"]["psnr_per_image"],
-                                       quality_rows["LDM-I2SB"]["psnr_per_image"])},
-        f"{ldm_cfa} minus {plain}": {"latent_spsnr": pair(ldm_cfa, plain, "latent"),
-                                     "image_spsnr": pair(ldm_cfa, plain, "image")}}
+    id_af, id_v = identity_row("AF-I2SB"), identity_row("LDM-I2SB")
+    ceil_af, ceil_v = ceiling_row("AF-I2SB"), ceiling_row("LDM-I2SB")
+    out = {
+        f"{af} minus {ldm_cfa}": {**shift_pair(af, ldm_cfa), "sr_psnr": psnr_pair("AF-I2SB", "LDM-I2SB")},
+        f"{id_af} minus {id_v}": {**shift_pair(id_af, id_v), "sr_psnr": psnr_pair(id_af, id_v)},
+        f"{ceil_af} minus {ceil_v}": {**shift_pair(ceil_af, ceil_v), "sr_psnr": psnr_pair(ceil_af, ceil_v)},
+        f"{af} minus {ldm_cfa}, beyond their identity SR": {
+            f"{part}_spsnr": paired_mean_sem(per_image(af, part) - per_image(id_af, part),
+                                             per_image(ldm_cfa, part) - per_image(id_v, part))
+            for part in ("latent", "image")},
+    }
+    for name, row in (("LDM-I2SB", ldm_cfa), ("AF-I2SB", af)):
+        out[f"{name} minus its identity SR"] = {**shift_pair(row, identity_row(name)),
+                                                "sr_psnr": psnr_pair(name, identity_row(name))}
+        out[f"{name} minus {BICUBIC}"] = {"sr_psnr": psnr_pair(name, BICUBIC)}
+    out[f"{ldm_cfa} minus {plain}"] = shift_pair(ldm_cfa, plain)
+    return out
 
 
 def difference_lines(diffs: dict) -> list:
@@ -401,7 +465,10 @@ def summarise(cfg: Config, models: dict, quality: dict, shift_rows: dict, flicke
                   "degradation": cfg.sr_degradation, "eval_images": cfg.sr_eval_images,
                   "fid_images": cfg.sr_fid_images, "shift_eighths": cfg.sr_shift_eighths,
                   "image_shifts": cfg.sr_image_shifts},
-        "conventions": "images in [-1, 1]; PSNR peak 2, per image; SSIM Gaussian 11 / 1.5, data range 2 "
+        "conventions": "images in [-1, 1]; PSNR peak 2, per image; identity SR = the degraded latent decoded "
+                       "unchanged (a latent model that does nothing), VAE ceiling = the VAE's reconstruction of HR, "
+                       "both also put through the shift protocols (identity: both protocols; ceiling: latent "
+                       "protocol); SSIM Gaussian 11 / 1.5, data range 2 "
                        f"(torchmetrics); {fid_name}: random-CNN features calibrated on the training crops (not "
                        "Inception); latent SPSNR peak = the target's per-sample dynamic range on the valid mask; "
                        "shifts: cropped Fourier shifts of the input latent by k/8 latent px (image shift f*k/8), "
@@ -418,6 +485,38 @@ def summarise(cfg: Config, models: dict, quality: dict, shift_rows: dict, flicke
     }
 
 
+def table_markdown(summary: dict) -> str:
+    """The stage's table from the metrics dict: per VAE its ceiling, its identity SR and its model(s), then the
+    image-space inputs and the positive control; every column mean +- s.e.m. over the evaluation images."""
+    q, sh, ip = summary["quality"], summary["shift"], summary["image_protocol"]
+    fid = next(k for k in q[BICUBIC] if k.startswith("FID["))
+
+    def pm(v, fmt=".2f"):
+        return f"{v[0]:{fmt}} ± {v[1]:{fmt}}" if v else "–"
+
+    lines = [f"| row | SR PSNR (dB) | SSIM | {fid} | latent SPSNR (dB) | image SPSNR (dB) | image SPSNR, min over k | "
+             "bounce: whole - fractional k (dB) | image-protocol SPSNR (dB) | flicker (dB) |", "|---" * 10 + "|"]
+    order = []
+    for name in MODELS:
+        order += [(ceiling_row(name), ceiling_row(name)), (identity_row(name), identity_row(name))]
+        order += [(row, model) for row, model, _ in ROWS if model == name]
+    order += [(DEGRADED, DEGRADED), (BICUBIC, BICUBIC), (CONTROL, None)]
+    for row, qkey in order:
+        qq = q.get(qkey) if qkey else None
+        s_, i_ = sh.get(row), ip.get(row)
+        cells = [pm(qq["psnr_db"]) if qq else "–", f"{qq['ssim'][0]:.3f}" if qq else "–",
+                 f"{qq[fid]:.1f}" if qq else "–"]
+        if s_:
+            cells += [pm(s_["latent"]["mean"]), pm(s_["image"]["mean"]),
+                      f"{s_['image']['min_over_k'][0]:.2f} (k={s_['image']['argmin_k_eighths']})",
+                      pm(s_["image"]["whole_minus_fractional_db"])]
+        else:
+            cells += ["–"] * 4
+        cells += [pm(i_["image_protocol_spsnr"]), pm(i_["flicker_db"])] if i_ else ["–"] * 2
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------- figures the README shows
 def figure_spsnr_vs_shift(shift_res: dict, sweep: list):
     """Latent and image SPSNR (mean +- s.e.m. over images) against the shift, one line per model row."""
@@ -430,7 +529,9 @@ def figure_spsnr_vs_shift(shift_res: dict, sweep: list):
                 continue
             per = r[part].double().cpu()
             m, se = per.mean(1).numpy(), (per.std(1) / per.shape[1] ** 0.5).numpy()
-            ax.errorbar([d[1] for d in sweep], m, yerr=se, label=row, capsize=2, marker=".")
+            control = row not in [name for name, _, _ in ROWS]  # identity SR and ceilings: dashed, no markers
+            ax.errorbar([d[1] for d in sweep], m, yerr=se, label=row, capsize=2, marker=None if control else ".",
+                        linestyle="--" if control else "-", lw=0.8 if control else 1.2)
         ax.set_xlabel("horizontal shift (latent pixels)")
         ax.set_ylabel(f"{part} SPSNR (dB)")
         ax.legend(fontsize=7)

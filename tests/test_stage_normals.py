@@ -113,14 +113,14 @@ def test_relative_target_is_zero_for_flat_scenes_and_a_zero_output_decodes_to_fl
     that latent back: a model that outputs zeros predicts the flat normals (through a stand-in linear codec)."""
     cfg = normals.Config.from_params(smoke_params, normals_target="relative", normals_code="xy2")
 
-    class PoolCodec:  # a linear stand-in for the VAE: 4x4 average pooling, nearest up-sampling back
-        device, offset = torch.device("cpu"), torch.zeros(())
+    class PoolCodec:  # an affine stand-in for the VAE: 4x4 average pooling plus a bias (a zero image has a nonzero
+        device, offset = torch.device("cpu"), torch.zeros(())  # latent, as with the real VAEs), and back
 
         def encode(self, x):
-            return torch.nn.functional.avg_pool2d(torch.cat([x, x[:, :1]], 1), 4)
+            return torch.nn.functional.avg_pool2d(torch.cat([x, x[:, :1]], 1), 4) + 0.5
 
         def decode(self, z):
-            return torch.nn.functional.interpolate(z[:, :3], scale_factor=4)
+            return torch.nn.functional.interpolate(z[:, :3] - 0.5, scale_factor=4)
 
     codec = PoolCodec()
     codec.offset = normals.flat_latent(cfg, codec)

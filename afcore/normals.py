@@ -61,17 +61,29 @@ def _frequencies(shape, fmax, g, device):
 
 
 def random_scene(generator: torch.Generator, texture: str = "smooth", n: int = 1, size: int = 32,
-                 light_azimuth=(90.0, 180.0)) -> dict:
+                 light_azimuth=(90.0, 180.0), light_elevation=(30.0, 70.0), bump_scale: float = 1.0,
+                 albedo_contrast: float = 1.0) -> dict:
     """``n`` random scenes (a dict of float64 tensors with leading dim n) on the generator's device; coordinates in
     output pixels, the bumps' centres spread a quarter frame beyond the borders so pans show new content.
+
+    ``bump_scale`` multiplies the bumps' widths and heights (same slopes, wider features), ``albedo_contrast`` the
+    albedo's amplitudes (same frequencies, less contrast against the shading), ``light_elevation`` is the range of
+    the light's elevation in degrees (lower: more shading contrast). The same generator draws the same numbers
+    whatever these are.
 
     ``light_azimuth`` (degrees, from x = right toward y = up): the range of the light's direction. A full circle
     makes the tilt of every normal unidentifiable (a bump lit from one side and a dent lit from the other give the
     same image, so the best estimate of n_x, n_y is 0); the default, light from the upper left, breaks that."""
     _check("texture (normals texture)", texture, TEXTURES)
     g, dev = generator, generator.device
+    if not (bump_scale > 0 and 0 <= albedo_contrast <= 1):
+        raise ValueError(f"bump_scale (normals_bump_scale) must be > 0 and albedo_contrast (normals_albedo_contrast) "
+                         f"in [0, 1], got {bump_scale}, {albedo_contrast}")
+    if not 0 <= light_elevation[0] <= light_elevation[1] <= 90:
+        raise ValueError(f"light_elevation (normals_light_elevation) must be [low, high] degrees with 0 <= low <= "
+                         f"high <= 90, got {list(light_elevation)}")
     count = torch.randint(3, N_BUMPS + 1, (n, 1), generator=g, device=dev)
-    s = _uniform((n, N_BUMPS), 2.0, 8.0, g, dev)
+    s = _uniform((n, N_BUMPS), 2.0, 8.0, g, dev) * bump_scale
     on = (torch.arange(N_BUMPS, device=dev)[None] < count).double()
     scene = {
         "centre": _uniform((n, N_BUMPS, 2), -0.25 * size, 1.25 * size, g, dev),
@@ -83,10 +95,10 @@ def random_scene(generator: torch.Generator, texture: str = "smooth", n: int = 1
         "ramp": _uniform((n, 2), -0.3, 0.3, g, dev),
         "albedo_g": _frequencies((n, N_ALBEDO), TEXTURES[texture], g, dev),
         # colour amplitudes: |sum| <= 0.45 so the albedo stays in [0.05, 0.95] without clipping (band-limited)
-        "albedo_amp": _uniform((n, N_ALBEDO, 3), -1.0, 1.0, g, dev) * (0.45 / N_ALBEDO),
+        "albedo_amp": _uniform((n, N_ALBEDO, 3), -1.0, 1.0, g, dev) * (0.45 * albedo_contrast / N_ALBEDO),
         "albedo_phase": _uniform((n, N_ALBEDO), 0.0, 2 * math.pi, g, dev),
     }
-    elev = _uniform((n,), math.radians(30), math.radians(70), g, dev)
+    elev = _uniform((n,), math.radians(light_elevation[0]), math.radians(light_elevation[1]), g, dev)
     lo, hi = (math.radians(float(a)) for a in light_azimuth)
     if not lo <= hi <= lo + 2 * math.pi:
         raise ValueError(f"light_azimuth (normals_light_azimuth) must be [low, high] degrees with low <= high <= "
@@ -194,15 +206,25 @@ def normal_metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
 # How a normal map becomes a 3-channel image for the VAE. "rgb" (the reference's): the unit normal itself. "xy": the
 # two tilt channels and a zero third channel; the decoder's output is turned back into a unit normal with
 # n_z = sqrt(1 - n_x^2 - n_y^2) (normals face the viewer, n_z >= 0). Why "xy" exists: n_z sits near +1 everywhere,
-# the saturated edge of the image range, which a small VAE trained on photographs reproduces badly; notebook 60
-# measures the VAE floor of both codes.
-NORMAL_CODES = ("rgb", "xy")
+# the saturated edge of the image range, which a small VAE trained on photographs reproduces badly. "xy2": the tilt
+# channels doubled, (2 n_x, 2 n_y, n_x + n_y), clipped to [-1, 1]. Why: the tilts are small (|n_xy| ~ 0.3 on our
+# scenes), so at gain 1 the VAE's own reconstruction error is large against them; doubling them uses more of the
+# image range (clipping only tilts beyond 30 deg), and the third channel repeats their sum, because a VAE trained on
+# photographs keeps what the channels share (brightness) better than what separates them (colour). Notebook 60
+# measures the VAE ceiling of every code.
+NORMAL_CODES = ("rgb", "xy", "xy2")
+XY2_GAIN = 2.0
 
 
 def normals_to_image(n: torch.Tensor, code: str = "rgb") -> torch.Tensor:
     """Unit normals (..., 3, H, W) -> the image the VAE encodes."""
     _check("code (normals_code)", code, NORMAL_CODES)
-    return n if code == "rgb" else torch.cat([n[..., :2, :, :], torch.zeros_like(n[..., 2:, :, :])], -3)
+    xy = n[..., :2, :, :]
+    if code == "rgb":
+        return n
+    if code == "xy":
+        return torch.cat([xy, torch.zeros_like(n[..., 2:, :, :])], -3)
+    return torch.cat([XY2_GAIN * xy, xy.sum(-3, keepdim=True)], -3).clamp(-1, 1)
 
 
 def image_to_normals(x: torch.Tensor, code: str = "rgb") -> torch.Tensor:
@@ -210,7 +232,7 @@ def image_to_normals(x: torch.Tensor, code: str = "rgb") -> torch.Tensor:
     _check("code (normals_code)", code, NORMAL_CODES)
     if code == "rgb":
         return x
-    xy = x[..., :2, :, :]
+    xy = x[..., :2, :, :] / (XY2_GAIN if code == "xy2" else 1.0)
     return torch.cat([xy, (1 - (xy ** 2).sum(-3, keepdim=True)).clamp_min(0).sqrt()], -3)
 
 
@@ -222,13 +244,17 @@ def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
     return conv
 
 
-def _controlnet(unet, latent_ch: int):
+def _controlnet(unet, latent_ch: int, zero_cond: bool = True):
     from diffusers import ControlNetModel
 
     cn = ControlNetModel.from_unet(unet, conditioning_channels=latent_ch)
     # diffusers adds controlnet_cond_embedding(cond) to conv_in(sample): a zero-initialised 3x3 conv on the image
-    # latent there is AF-YOSO's identity embedding + conv_in2, without a subclass
-    cn.controlnet_cond_embedding = _zero_conv(latent_ch, unet.config.block_out_channels[0])
+    # latent there is AF-YOSO's identity embedding + conv_in2, without a subclass. zero_cond=False keeps PyTorch's
+    # default (random) init instead: from scratch there is no pretrained U-Net to protect, and with both this conv
+    # and the ControlNet's output convs at zero the condition gets no gradient until the output convs have grown
+    # (ControlNet's slow start), which a few hundred steps do not outlast
+    cn.controlnet_cond_embedding = (_zero_conv(latent_ch, unet.config.block_out_channels[0]) if zero_cond else
+                                    nn.Conv2d(latent_ch, unet.config.block_out_channels[0], 3, padding=1))
     return cn
 
 
@@ -247,10 +273,11 @@ def _load_unet(source: str, param: str):
 
 def yoso_models(channels=(32, 64), latent_ch: int = 4, cross_dim: int = 32, alias_free: bool = False,
                 sample_size: int = 8, groups: int = 8, head_dim: int = 8, pretrained_unet: str = "",
-                param: str = "normals_pretrained_unet"):
+                param: str = "normals_pretrained_unet", zero_cond: bool = True):
     """(unet, controlnet): a small ``UNet2DConditionModel`` (plain blocks at full latent resolution, cross-attention
     below and in the mid block) or, with ``pretrained_unet``, one loaded from a local folder / hub id, and the
-    ControlNet copied from it with the zero-conv latent conditioning; ``alias_free`` patches both."""
+    ControlNet copied from it with the latent conditioning conv (zero-initialised unless ``zero_cond`` is False);
+    ``alias_free`` patches both."""
     from diffusers import UNet2DConditionModel
 
     if pretrained_unet:
@@ -265,7 +292,7 @@ def yoso_models(channels=(32, 64), latent_ch: int = 4, cross_dim: int = 32, alia
             block_out_channels=tuple(channels), norm_num_groups=groups, cross_attention_dim=cross_dim,
             attention_head_dim=head_dim, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
             up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",))
-    controlnet = _controlnet(unet, latent_ch)
+    controlnet = _controlnet(unet, latent_ch, zero_cond)
     if alias_free:
         if getattr(unet, "_alias_free_patch", None) is None:
             make_alias_free(unet)

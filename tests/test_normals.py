@@ -93,6 +93,17 @@ def test_normal_codes_round_trip_and_reject_unknown_names():
         NM.normals_to_image(n, "rgba")
 
 
+def test_xy2_code_doubles_the_tilts_repeats_their_sum_and_round_trips_below_30_degrees():
+    tilt = torch.deg2rad(torch.tensor([0.0, 10.0, 29.0, 45.0], dtype=torch.float64))
+    az = torch.deg2rad(torch.tensor([0.0, 30.0, 200.0, 45.0], dtype=torch.float64))
+    n = torch.stack([tilt.sin() * az.cos(), tilt.sin() * az.sin(), tilt.cos()])[None, :, None, :]  # (1, 3, 1, 4)
+    img = NM.normals_to_image(n, "xy2")
+    torch.testing.assert_close(img[0, :, 0, :3], torch.cat([2 * n[0, :2, 0, :3], n[0, :2, 0, :3].sum(0, keepdim=True)]))
+    assert img.abs().max() <= 1  # 45 deg: 2 n_x = 2 sin 45 cos 45 = 1, 2 n_y = 1 and the sum clipped to 1
+    back = NM.image_to_normals(img, "xy2")
+    assert NM.angular_error(back, n)[0, 0, :3].max() < 1e-5  # tilts under 30 deg come back exactly
+
+
 def test_bad_texture_and_train_t_are_named():
     with pytest.raises(ValueError, match="texture"):
         _scene("glossy")
@@ -128,6 +139,23 @@ def test_zero_initialised_controlnet_leaves_the_unet_unchanged():
         for conv in [*model.controlnet.controlnet_down_blocks, model.controlnet.controlnet_mid_block]:
             conv.weight.zero_()
         assert torch.allclose(model(cond, sample, t), plain, atol=1e-6)
+
+
+def test_random_conditioning_init_lets_the_condition_reach_the_controlnet_from_the_start():
+    """zero_cond=False: the ControlNet's residuals depend on the condition at initialisation (with the default
+    zero conv they do not, so its output convs get no condition-dependent gradient)."""
+    cond, sample = torch.randn(2, 4, 8, 8, device="cpu"), torch.zeros(2, 4, 8, 8, device="cpu")
+    t, text = torch.full((2,), 999, device="cpu"), torch.zeros(2, 1, 8, device="cpu")
+    for zero_cond in (True, False):
+        torch.manual_seed(0)
+        _, cn = NM.yoso_models((8, 16), cross_dim=8, sample_size=8, zero_cond=zero_cond)
+        with torch.no_grad():
+            for conv in [*cn.controlnet_down_blocks, cn.controlnet_mid_block]:  # see the features, not zeros
+                conv.weight.normal_()
+            a, _ = cn(sample, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+            b, _ = cn(sample, t, encoder_hidden_states=text, controlnet_cond=2 * cond + 1, return_dict=False)
+        same = all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+        assert same == zero_cond, zero_cond
 
 
 def test_equivariance_loss_shifts_sample_and_condition_together():

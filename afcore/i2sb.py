@@ -11,7 +11,9 @@ equations and metric definitions in docs/sr.md).
 - ``sample``: from x1 (the degraded latent) down to n = 0 with the Gaussian-product posterior; in the stochastic
   mode the per-step noises can be passed in, so a shifted run can reuse the unshifted run's noise shifted circularly.
 - ``degrade_sr4``: bicubic down x4 + nearest up x4 (the reference's) or the ideal (FFT) down/up.
-- ``sr_shift_consistency`` / ``image_shift_consistency``: the two shift protocols; ``PointwiseLinear``: the
+- ``sr_shift_consistency`` / ``image_shift_consistency``: the two shift protocols; ``matched_band_spsnr``: the first
+  protocol's image SPSNR recomputed after one low-pass on both sides, so a blurrier model cannot score higher only by
+  having less high-frequency content to get wrong; ``PointwiseLinear``: the
   positive control (exactly shift-equivariant by construction); ``ZeroNet``: the "do nothing" model (with the OT-ODE
   sampler it returns its input unchanged), which puts the input and the VAE alone through the same protocols.
 
@@ -28,7 +30,8 @@ from torch import nn
 
 from afcore import ldm, metrics
 from afcore.attention import EquivariantAttention
-from afcore.signal import downsample, fourier_shift, upsample, valid_mask
+from afcore.filters import lowpass_filter
+from afcore.signal import downsample, fir_filter, fourier_shift, upsample, valid_mask
 
 __all__ = ["BETAS", "DEGRADATIONS", "bridge_schedule", "q_sample", "label", "pred_x0", "i2sb_loss",
            "space_indices", "draw_noises", "sample", "degrade_sr4", "sr_shift_consistency",
@@ -211,6 +214,41 @@ def sr_shift_consistency(unet, x1, sched: dict, shifts, nfe: int = 20, ot_ode: b
         result.update(image=torch.stack(image), reference=image_ref, frames=torch.stack(frames),
                       inputs=torch.stack(inputs))
     return result
+
+
+def erode_circular(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """(H, W) 0/1 mask -> the pixels whose whole (2 radius + 1)^2 neighbourhood, read with wrap-around, is inside
+    ``mask``: where a circular FIR filter of that radius sees only masked pixels."""
+    if radius == 0:
+        return mask
+    outside = F.pad((1 - mask)[None, None], (radius,) * 4, mode="circular")
+    return 1 - F.max_pool2d(outside, 2 * radius + 1, stride=1)[0, 0]
+
+
+@torch.no_grad()
+def matched_band_spsnr(result: dict, shifts, cutoff: float, factor: int = 4, numtaps: int = 9) -> torch.Tensor:
+    """The image SPSNR of an ``sr_shift_consistency`` result (with ``decode``) after one Kaiser low-pass (``numtaps``
+    taps, ``cutoff`` in units of the image Nyquist, applied separably with wrap-around) on both the shifted run and
+    the shifted unshifted run; [shift, sample], peak 2.
+
+    Two models compared at the same cutoff are compared on the same band, so the one that outputs less detail
+    cannot win by having less detail to get wrong. The filter and the Fourier shift are both circular convolutions,
+    so they commute: filtering the shifted reference equals shifting the filtered one. The valid mask is eroded by
+    the filter's radius (circularly), so no compared pixel reads the cropped-away band."""
+    if numtaps % 2 == 0:
+        raise ValueError(f"numtaps must be odd so the filter is centred, got {numtaps}")
+    ref, frames = result["reference"], result["frames"]
+    if len(frames) != len(shifts):
+        raise ValueError(f"result holds {len(frames)} shifted runs but shifts lists {len(shifts)}")
+    taps = lowpass_filter(numtaps, cutoff, dtype=ref.dtype).to(ref.device)
+    ref_lp = fir_filter(ref, taps, padding="circular")
+    out = []
+    for y, d in zip(frames, shifts):
+        di = (d[0] * factor, d[1] * factor)
+        mask = erode_circular(valid_mask(ref.shape[-2:], di, device=ref.device), numtaps // 2)
+        out.append(metrics.psnr(fir_filter(y, taps, padding="circular"), fourier_shift(ref_lp, di), mask, peak=2.0,
+                                per_sample=True))
+    return torch.stack(out)
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ def test_lookup_rejects_bad_paths():
     data = {"a": [1, 2], "b": {"c": 3}}
     assert claims.lookup(data, "b.c") == 3 and claims.lookup(data, "a.-1") == 2
     assert claims.lookup({"x: y": {"z": 4}}, "x%3A y.z") == 4  # a colon inside a key, escaped
+    assert claims.lookup({"lp0.5": {"z": 5}}, "lp0%2E5.z") == 5  # a dot inside a key, escaped
     for bad in ("a.5", "b.d", "b.c.e"):
         with pytest.raises(claims.ClaimError):
             claims.lookup(data, bad)
@@ -155,6 +156,21 @@ def test_readme_directions_hold_for_af_ldm_and_video():
         assert d[f"{row} minus {ceil[model]}, hf_ratio"]["resolved"] and d[f"{row} minus {ceil[model]}, hf_ratio"]["diff"] < 0
         assert not d[f"{row} minus {gt}, we_nb"]["resolved"]
     assert not any(x["resolved"] for x in edit["interpolation"]["differences"])
+
+
+def test_readme_directions_hold_for_latent_sr():
+    d = _load("50_latent_sr.json")["differences"]
+    q = _load("50_latent_sr.json")["quality"]
+    for name in ("LDM-I2SB", "AF-I2SB"):  # "both models beat their input, neither beats bicubic"
+        assert d[f"{name} minus its identity SR"]["sr_psnr"]["resolved"]
+        assert d[f"{name} minus its identity SR"]["sr_psnr"]["diff_db"] > 0
+        assert d[f"{name} minus bicubic up x4"]["sr_psnr"]["diff_db"] < 0
+    for vae in ("vanilla VAE", "AF-VAE"):  # ... because both ceilings sit below bicubic
+        assert q[f"VAE ceiling, {vae}"]["psnr_db"][0] < q["bicubic up x4"]["psnr_db"][0]
+    beyond = d["AF-I2SB + CFA minus LDM-I2SB + CFA, beyond their identity SR"]
+    for part in ("image_spsnr", "image_lp0.25_spsnr", "image_lp0.5_spsnr"):  # resolved, at matched bandwidth too
+        assert beyond[part]["resolved"] and beyond[part]["diff_db"] > 0, part
+        assert beyond[part]["diff_db"] >= beyond["image_spsnr"]["diff_db"], part  # "at least as large as full-band"
 
 
 def test_fix_refuses_numbers_from_another_profile_and_writes_nothing(tmp_path):

@@ -5,7 +5,7 @@ A quoted number is written immediately followed by an HTML comment (invisible wh
     AF-VAE encoder SPSNR 43.0<!--m:20_af_vae.json:rows.4.enc_spsnr_db:.1f--> dB
 
 ``FILE`` is a JSON file under ``metrics/``; ``PATH`` is dot-separated keys and list indices, where a list element
-can also be selected by a field, ``table[config=D-1N].FID`` (a key holding a colon writes it ``%3A``: the marker
+can also be selected by a field, ``table[config=D-1N].FID`` (a key holding a colon writes it ``%3A``, one holding a dot ``%2E``: the marker
 itself is colon-separated, e.g. ``seed_contrasts.af_ldm_minus_vanilla_vae_cfa%3A image_spsnr.mean``); ``FMT`` is a Python format spec (``.1f``, ``+.2f``,
 ``,.0f``, ``.0%``). The number is the text between the previous blank (or ``|``, ``(``) and the comment.
 
@@ -54,7 +54,7 @@ def lookup(data, path: str):
     """Follow ``a.b.3.c`` / ``rows[config=A].fid`` through nested dicts and lists."""
     node = data
     for tok in _tokens(path):
-        tok = tok.replace("%3A", ":")
+        tok = tok.replace("%3A", ":").replace("%2E", ".")
         m = _SELECT.match(tok)
         if m:
             if m["key"]:

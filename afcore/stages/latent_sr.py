@@ -40,6 +40,19 @@ CONTROL = "positive control"
 # the input and ceiling rows of every table, one pair per VAE (model -> the VAE it works in)
 VAE_NAMES = {"LDM-I2SB": "vanilla VAE", "AF-I2SB": "AF-VAE"}
 DEGRADED, BICUBIC = "degraded input", "bicubic up x4"
+# Matched-band image SPSNR: both runs low-passed by one Kaiser filter before comparing, at these cutoffs (units of the
+# image Nyquist): 0.25 is the x4 input's own band (its latent carries nothing above it), 0.5 half the image band. A
+# blurrier model cannot gain there by having less detail to get wrong.
+MATCHED_CUTOFFS = (0.25, 0.5)
+MATCHED_TAPS = 9
+
+
+def matched_part(cutoff: float) -> str:
+    """The shift-result key of the image SPSNR low-passed at ``cutoff``."""
+    return f"image_lp{cutoff:g}"
+
+
+SHIFT_PARTS = ("latent", "image") + tuple(matched_part(c) for c in MATCHED_CUTOFFS)
 
 
 def identity_row(name: str) -> str:
@@ -327,6 +340,9 @@ def latent_shift_test(cfg: Config, data_: dict, models: dict, device) -> dict:
             res[row] = i2sb.sr_shift_consistency(i2sb.ZeroNet(), x1, sched, sweep, 1, True, cfa=False,
                                                  decode=lambda z, c=codec: c.decode(z).clamp(-1, 1),
                                                  factor=models["factor"])
+    for r in res.values():  # every model, identity and ceiling row (the control's 8 px images are too small to filter)
+        for c in MATCHED_CUTOFFS:
+            r[matched_part(c)] = i2sb.matched_band_spsnr(r, sweep, c, factor=models["factor"], numtaps=MATCHED_TAPS)
     control = i2sb.PointwiseLinear(3, seed=cfg.seed).to(dev)
     res[CONTROL] = i2sb.sr_shift_consistency(control, eval_lr, sched, sweep, cfg.sr_nfe, cfg.sr_ot_ode, cfa=False,
                                              decode=lambda z: z, factor=1,
@@ -345,6 +361,24 @@ def summarise_shift(per: torch.Tensor, sweep: list) -> dict:
     bounce = paired_mean_sem(per[whole].mean(0), per[frac].mean(0)) if whole and frac else None
     return {"mean": mean_sem(per.mean(0)), "spread_over_k": float(curve.std()) if len(curve) > 1 else 0.0,
             "min_over_k": mean_sem(per[kmin]), "argmin_k_eighths": kmin + 1, "whole_minus_fractional_db": bounce}
+
+
+def summarise_shift_rows(shift_res: dict, sweep: list) -> dict:
+    """row -> part (``SHIFT_PARTS`` the row has) -> ``summarise_shift``: the "shift" section of the metrics."""
+    return {row: {part: summarise_shift(r[part], sweep) for part in SHIFT_PARTS if part in r}
+            for row, r in shift_res.items()}
+
+
+def matched_band_markdown(shift_rows: dict) -> str:
+    """Image SPSNR per row, raw and at each matched cutoff: mean +- s.e.m. over images."""
+    parts = ("image",) + tuple(matched_part(c) for c in MATCHED_CUTOFFS)
+    head = "| row | image SPSNR, raw | " + " | ".join(f"low-passed at {c:g} Nyquist" for c in MATCHED_CUTOFFS) + " |"
+    lines = [head, "|---" * (len(parts) + 1) + "|"]
+    for row, r in shift_rows.items():
+        if all(p in r for p in parts):
+            lines.append(f"| {row} | " + " | ".join(f"{r[p]['mean'][0]:.2f} ± {r[p]['mean'][1]:.2f}" for p in parts)
+                         + " |")
+    return "\n".join(lines)
 
 
 def shift_curve_rows(shift_res: dict, sweep: list) -> list:
@@ -419,7 +453,7 @@ def differences(shift_res: dict, quality_rows: dict) -> dict:
         return shift_res[row][part].double().mean(0).cpu()
 
     def shift_pair(a, b):
-        return {f"{part}_spsnr": paired_mean_sem(per_image(a, part), per_image(b, part)) for part in ("latent", "image")}
+        return {f"{part}_spsnr": paired_mean_sem(per_image(a, part), per_image(b, part)) for part in SHIFT_PARTS}
 
     def psnr_pair(a, b):
         return paired_mean_sem(quality_rows[a]["psnr_per_image"], quality_rows[b]["psnr_per_image"])
@@ -434,7 +468,7 @@ def differences(shift_res: dict, quality_rows: dict) -> dict:
         f"{af} minus {ldm_cfa}, beyond their identity SR": {
             f"{part}_spsnr": paired_mean_sem(per_image(af, part) - per_image(id_af, part),
                                              per_image(ldm_cfa, part) - per_image(id_v, part))
-            for part in ("latent", "image")},
+            for part in SHIFT_PARTS},
     }
     for name, row in (("LDM-I2SB", ldm_cfa), ("AF-I2SB", af)):
         out[f"{name} minus its identity SR"] = {**shift_pair(row, identity_row(name)),
@@ -474,7 +508,8 @@ def summarise(cfg: Config, models: dict, quality: dict, shift_rows: dict, flicke
                        "shifts: cropped Fourier shifts of the input latent by k/8 latent px (image shift f*k/8), "
                        "stochastic noises shifted circularly; image protocol: circular integer rolls of HR before "
                        "degradation, compared on the non-wrapped region; mean ± s.e.m. over images (each averaged "
-                       "over shifts); no paper numbers exist",
+                       "over shifts); matched band (image_lp<c>): the image SPSNR after one 9-tap Kaiser low-pass at cutoff c "
+                       "(units of the image Nyquist) on both sides, valid mask eroded by 4 px; no paper numbers exist",
         "quality": {k: {m: v for m, v in q.items() if m != "psnr_per_image"} for k, q in quality["rows"].items()},
         "shift": shift_rows,
         "image_protocol": flicker,
@@ -587,8 +622,7 @@ def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     quality = sr_quality(cfg, data_, models, dev)
     sweep = latent_sweep(cfg)
     shift_res = latent_shift_test(cfg, data_, models, dev)
-    shift_rows = {row: {part: summarise_shift(r[part], sweep) for part in ("latent", "image")}
-                  for row, r in shift_res.items()}
+    shift_rows = summarise_shift_rows(shift_res, sweep)
     image_res = image_shift_test(cfg, data_, models, dev)
     flicker = flicker_rows(image_res, image_deltas(cfg))
     diffs = differences(shift_res, quality["rows"])

@@ -35,7 +35,10 @@
 # means "flat normals". Training
 # draws the sample as zeros with probability 0.4 and otherwise N(0, I) (the reference trainer); the timestep is fixed
 # at T-1 as at inference (`normals_train_t="fixed"`; the reference trainer draws it at random while inference fixes
-# it, an inconsistency we keep as the option `"random"`). Inference: zero sample, t = T-1, one pass.
+# it, an inconsistency we keep as the option `"random"`). Inference: zero sample, t = T-1, one pass. Both models
+# add to the latent loss `normals_decoded_weight` times the MSE between the decoded prediction (the frozen VAE
+# decoder, gradients through it) and the true normal map in the normal code; the reference trains on the latent MSE
+# only (weight 0). Why: the decoder-sensitivity cell below.
 
 # %% tags=["parameters"]
 profile = "cpu"

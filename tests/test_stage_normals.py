@@ -90,7 +90,8 @@ def test_resume_trains_no_extra_step(smoke_run, device_checks):
     before = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)
     codecs = {name: SimpleNamespace(scale=m["scales"][name]) for name in normals.MODELS}
     dummy = torch.zeros(1, 4, 8, 8, device="cpu")
-    latents = {name: {"cond": dummy, "target": dummy} for name in normals.MODELS}
+    latents = {name: {"cond": dummy, "target": dummy, "image": torch.zeros(1, 3, 32, 32, device="cpu")}
+               for name in normals.MODELS}
     factor = cfg.normals_size // m["scale"]["latent"][1]
     _, hist, _ = normals.train_model(cfg, "AF-YOSO", latents, codecs, factor, "cpu", root)
     after = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)

@@ -338,11 +338,17 @@ class _Out:
 
 
 def yoso_loss(model, cond, target, generator: torch.Generator, p_zero: float = 0.4, train_t: str = "fixed",
-              eq_weight: float = 0.0, stop_grad: str = "none", max_frac: float = 0.375, cfa_detach: bool = True):
+              eq_weight: float = 0.0, stop_grad: str = "none", max_frac: float = 0.375, cfa_detach: bool = True,
+              decoded_weight: float = 0.0, decode=None, target_image: torch.Tensor | None = None):
     """(loss, logs): x0 MSE of model(cond, sample, t) against the clean normal latent ``target``; with
     ``eq_weight`` > 0 the same unshifted pass is the reference of the equivariance loss (CFA over both networks,
     sample and condition shifted by the same 1/8-step latent shift, valid mask, ``stop_grad`` and ``cfa_detach``
-    -- default True, the stored keys/values carry no gradient, as in the reference -- as in ``afcore.ldm``)."""
+    -- default True, the stored keys/values carry no gradient, as in the reference -- as in ``afcore.ldm``).
+
+    ``decoded_weight`` > 0 adds that weight times the MSE between ``decode(prediction)`` (a differentiable decoder
+    to the normal-code image; the VAE itself is frozen) and ``target_image``, the true normal map in that code: a
+    loss on what the metric sees, not only on the latent (the latent MSE weighs all latent directions alike, and a
+    decoder can turn the same latent error into very different normal errors)."""
     _check("train_t (normals_train_t)", train_t, TRAIN_T)
     if not 0 <= p_zero <= 1:
         raise ValueError(f"p_zero (normals_p_zero) must be in [0, 1], got {p_zero}")
@@ -353,16 +359,25 @@ def yoso_loss(model, cond, target, generator: torch.Generator, p_zero: float = 0
     T = model.T
     t = (torch.full((b,), T - 1, device=dev, dtype=torch.long) if train_t == "fixed"
          else torch.randint(0, T, (b,), generator=generator, device=dev))
+    if decoded_weight < 0 or (decoded_weight > 0 and (decode is None or target_image is None)):
+        raise ValueError(f"decoded_weight (normals_decoded_weight) must be >= 0, and > 0 needs decode and "
+                         f"target_image, got {decoded_weight}")
+    logs, eq = {}, None
     if eq_weight <= 0:
-        pred = model(cond, sample, t)
-        loss = ((pred - target) ** 2).mean()
-        return loss, {"x0": loss.item()}
-    d = ldm.sample_latent_shift(cond.shape[-2:], generator, max_frac=max_frac)
-    joint = _Joint(model)
-    ref, out = ldm._paired_passes(joint, torch.cat([sample, cond], 1), t, d, True, stop_grad, cfa_detach)
-    eq, _ = ldm._masked_shift_error(out, ref, d, stop_grad)
+        ref = model(cond, sample, t)
+    else:
+        d = ldm.sample_latent_shift(cond.shape[-2:], generator, max_frac=max_frac)
+        joint = _Joint(model)
+        ref, out = ldm._paired_passes(joint, torch.cat([sample, cond], 1), t, d, True, stop_grad, cfa_detach)
+        eq, _ = ldm._masked_shift_error(out, ref, d, stop_grad)
     x0 = ((ref - target) ** 2).mean()
-    return x0 + eq_weight * eq, {"x0": x0.item(), "eq": eq.item()}
+    loss, logs["x0"] = x0, x0.item()
+    if eq is not None:
+        loss, logs["eq"] = loss + eq_weight * eq, eq.item()
+    if decoded_weight > 0:
+        dec = ((decode(ref) - target_image) ** 2).mean()
+        loss, logs["dec"] = loss + decoded_weight * dec, dec.item()
+    return loss, logs
 
 
 def save_yoso(model: YOSO, path) -> Path:

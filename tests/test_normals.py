@@ -249,3 +249,28 @@ def test_yoso_loss_cfa_detach_defaults_to_the_reference_and_changes_only_the_gra
     torch.testing.assert_close(l_def, l_false)
     torch.testing.assert_close(g_def, g_true, rtol=1e-5, atol=1e-8)
     assert (g_false - g_true).norm() > 0.01 * g_true.norm()
+
+
+def test_decoded_loss_adds_the_weighted_mse_of_the_decoded_prediction_and_names_its_parameter():
+    class Linear(torch.nn.Module):
+        T = 1000
+
+        def forward(self, cond, sample=None, t=None):
+            return 0.5 * cond + sample
+
+    def decode(z):  # a differentiable stand-in decoder: 4 latent channels -> 3 image channels, 2x up
+        return torch.nn.functional.interpolate(z[:, :3] * 2 - z[:, 3:], scale_factor=2)
+
+    cond, target = torch.randn(4, 4, 8, 8, device="cpu"), torch.randn(4, 4, 8, 8, device="cpu")
+    image = torch.randn(4, 3, 16, 16, device="cpu")
+    for eq in (0.0, 1.0):
+        g = torch.Generator(device="cpu").manual_seed(3)
+        _, plain = NM.yoso_loss(Linear(), cond, target, g, p_zero=1.0, eq_weight=eq)
+        g = torch.Generator(device="cpu").manual_seed(3)
+        loss, logs = NM.yoso_loss(Linear(), cond, target, g, p_zero=1.0, eq_weight=eq, decoded_weight=2.5,
+                                  decode=decode, target_image=image)
+        expected = float(((decode(0.5 * cond) - image) ** 2).mean())  # p_zero = 1: sample 0, prediction cond / 2
+        assert logs["dec"] == pytest.approx(expected, rel=1e-5) and logs["x0"] == pytest.approx(plain["x0"], rel=1e-6)
+        assert loss.item() == pytest.approx(plain["x0"] + plain.get("eq", 0.0) * eq + 2.5 * expected, rel=1e-5)
+    with pytest.raises(ValueError, match="normals_decoded_weight"):
+        NM.yoso_loss(Linear(), cond, target, torch.Generator(device="cpu").manual_seed(0), decoded_weight=1.0)

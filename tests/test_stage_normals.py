@@ -90,7 +90,8 @@ def test_resume_trains_no_extra_step(smoke_run, device_checks):
     before = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)
     codecs = {name: SimpleNamespace(scale=m["scales"][name]) for name in normals.MODELS}
     dummy = torch.zeros(1, 4, 8, 8, device="cpu")
-    latents = {name: {"cond": dummy, "target": dummy} for name in normals.MODELS}
+    latents = {name: {"cond": dummy, "target": dummy, "image": torch.zeros(1, 3, 32, 32, device="cpu")}
+               for name in normals.MODELS}
     factor = cfg.normals_size // m["scale"]["latent"][1]
     _, hist, _ = normals.train_model(cfg, "AF-YOSO", latents, codecs, factor, "cpu", root)
     after = torch.load(root / "checkpoints/normals/af_vae/last.pt", weights_only=False)
@@ -102,7 +103,8 @@ def test_resume_trains_no_extra_step(smoke_run, device_checks):
                                        ("normals_stop_grad", "both"), ("normals_light_azimuth", [180.0, 90.0]),
                                        ("normals_channels", [8]), ("normals_p_zero", 1.5),
                                        ("normals_test_scenes", 1), ("normals_ema_decay", 0.0),
-                                       ("normals_target", "delta"), ("normals_cond_init", "ones")])
+                                       ("normals_target", "delta"), ("normals_cond_init", "ones"),
+                                       ("normals_decoded_weight", -1.0)])
 def test_bad_config_names_the_key(smoke_params, key, value):
     with pytest.raises(ConfigError, match=key):
         normals.Config.from_params(smoke_params, **{key: value})
@@ -138,3 +140,20 @@ def test_relative_target_is_zero_for_flat_scenes_and_a_zero_output_decodes_to_fl
 
     pred = normals.predict(cfg, Zero(), codec, codec.encode(flat))
     assert NM.angular_error(pred, flat).max() < 1e-3
+
+
+def test_frequency_split_is_exact_and_separates_smooth_from_nyquist_content():
+    """decoder_sensitivity's split: low + high = z; a smooth cosine (1/8 cycle/px) is all low, the Nyquist
+    checkerboard all high, and a random field's two parts are orthogonal (energies add)."""
+    n = torch.arange(8, dtype=torch.float64, device="cpu")
+    smooth = torch.cos(2 * math.pi * n / 8)[None, None, :, None] * torch.ones(1, 1, 1, 8, device="cpu",
+                                                                               dtype=torch.float64)
+    checker = ((-1.0) ** (n[:, None] + n[None, :]))[None, None]
+    for z, part in ((smooth, 0), (checker, 1)):
+        low, high = normals._split_frequencies(z)
+        assert torch.allclose((low, high)[part], z, atol=1e-12) and (low, high)[1 - part].abs().max() < 1e-12
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator(device="cpu").manual_seed(0), device="cpu",
+                    dtype=torch.float64)
+    low, high = normals._split_frequencies(z)
+    assert torch.allclose(low + high, z, atol=1e-12)
+    assert float((low ** 2).sum() + (high ** 2).sum()) == pytest.approx(float((z ** 2).sum()), rel=1e-9)

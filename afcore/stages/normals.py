@@ -68,6 +68,7 @@ class Config(StageConfig):
     normals_eq_weight: float = 1.0
     normals_stop_grad: str = "none"
     normals_cfa_detach: bool = True
+    normals_decoded_weight: float = 0.0
     normals_freeze_base: bool = False
     normals_pretrained_unet: str = ""
     normals_pretrained_af_unet: str = ""
@@ -118,6 +119,8 @@ class Config(StageConfig):
             raise ConfigError(f"normals.normals_p_zero must be in [0, 1], got {self.normals_p_zero}")
         if self.normals_eq_weight < 0:
             raise ConfigError(f"normals.normals_eq_weight must be >= 0, got {self.normals_eq_weight}")
+        if not self.normals_decoded_weight >= 0:
+            raise ConfigError(f"normals.normals_decoded_weight must be >= 0, got {self.normals_decoded_weight}")
         if not isinstance(self.normals_cfa_detach, bool):
             raise ConfigError(f"normals.normals_cfa_detach must be true or false, got {self.normals_cfa_detach!r}")
 
@@ -170,6 +173,10 @@ class Codec:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.vae.decode(z[i:i + 256] / self.scale).sample for i in range(0, len(z), 256)])
 
+    def decode_grad(self, pred: torch.Tensor) -> torch.Tensor:
+        """A model's prediction (offset not yet added) -> decoded image, with gradient (the decoded loss)."""
+        return self.vae.decode((pred + self.offset) / self.scale).sample
+
 
 def load_codecs(cfg: Config, device, root) -> dict:
     """model -> Codec (its VAE from ``checkpoints/vae``), plus ``factor`` (the AF-VAE's down-sampling factor)."""
@@ -179,8 +186,8 @@ def load_codecs(cfg: Config, device, root) -> dict:
 
     dev, root = torch.device(device), Path(root)
     nat = data.load_prepared("natural32", root=str(root / "data"))["train"]
-    codecs = {name: Codec(load_alias_free(AutoencoderKL, root / "checkpoints/vae" / key).eval().to(dev), nat, dev)
-              for name, key in MODELS.items()}
+    codecs = {name: Codec(load_alias_free(AutoencoderKL, root / "checkpoints/vae" / key).eval().requires_grad_(False)
+                          .to(dev), nat, dev) for name, key in MODELS.items()}
     factor = VAE.factor(codecs["AF-YOSO"].vae)
     if cfg.normals_size % factor:
         raise ConfigError(f"normals.normals_size must be a multiple of the VAE factor {factor}, got "
@@ -203,10 +210,11 @@ def flat_latent(cfg: Config, codec: Codec) -> torch.Tensor:
 
 def encode_training(cfg: Config, codecs: dict, scenes_: dict) -> dict:
     """model -> {"cond": latents of the training images, "target": latents of their normal maps (``normals_code``)
-    minus the codec's ``offset`` (the flat normal's latent with ``normals_target: relative``, else 0)}."""
-    return {name: {"cond": c.encode(scenes_["train_img"]),
-                   "target": c.encode(NM.normals_to_image(scenes_["train_nrm"], cfg.normals_code)) - c.offset}
-            for name, c in codecs.items()}
+    minus the codec's ``offset`` (the flat normal's latent with ``normals_target: relative``, else 0), "image": the
+    normal maps in ``normals_code`` (the decoded loss's target)}."""
+    image = NM.normals_to_image(scenes_["train_nrm"], cfg.normals_code)
+    return {name: {"cond": c.encode(scenes_["train_img"]), "target": c.encode(image) - c.offset,
+                   "image": image.to(c.device)} for name, c in codecs.items()}
 
 
 def vae_ceiling(cfg: Config, codecs: dict, test: dict, device) -> tuple[dict, dict]:
@@ -224,6 +232,38 @@ def vae_ceiling(cfg: Config, codecs: dict, test: dict, device) -> tuple[dict, di
     flat_n[:, 2] = 1
     by_code["flat normals (no VAE)"] = float(NM.angular_error(flat_n, smooth).mean())
     return ceiling, by_code
+
+
+def _split_frequencies(z: torch.Tensor, cutoff: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high): ``z`` split by a Fourier mask at ``cutoff`` cycles per latent pixel per axis (low + high = z)."""
+    f = torch.fft.fftfreq(z.shape[-1], device=z.device).abs()
+    mask = ((f[:, None] <= cutoff) & (f[None, :] <= cutoff)).to(z.dtype)
+    low = torch.fft.ifft2(torch.fft.fft2(z) * mask).real
+    return low, z - low
+
+
+def decoder_sensitivity(cfg: Config, codecs: dict, test: dict, rms: float = 0.5) -> dict:
+    """model -> how much a latent error costs after decoding, on the smooth test scenes: the mean angular error of
+    dec(enc(n) + e) for a fixed random error ``e`` of RMS ``rms`` (scaled-latent units) kept to low latent
+    frequencies (<= 1/4 cycle/px per axis: the smooth errors a regression makes) or to the high ones, beside
+    dec(enc(n)) itself, and the share of the normal latents' energy (minus the codec's offset) at low frequencies.
+    The same ``e`` for both VAEs: it shows what the same latent MSE costs in each latent space."""
+    smooth = test["smooth"][1]
+    lat = {name: c.encode(NM.normals_to_image(smooth, cfg.normals_code)) for name, c in codecs.items()}
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 7)
+    low_e, high_e = _split_frequencies(torch.randn(next(iter(lat.values())).shape, generator=g, device="cpu"))
+    out = {}
+    for name, c in codecs.items():
+        z, zc = lat[name], lat[name] - c.offset
+
+        def err(latent):
+            return float(NM.angular_error(NM.image_to_normals(c.decode(latent), cfg.normals_code),
+                                          smooth.to(c.device)).mean())
+
+        out[name] = {"roundtrip_deg": err(z), "low_error_deg": err(z + rms * (low_e / low_e.std()).to(c.device)),
+                     "high_error_deg": err(z + rms * (high_e / high_e.std()).to(c.device)),
+                     "low_frequency_energy_share": float((_split_frequencies(zc)[0] ** 2).sum() / (zc ** 2).sum())}
+    return out
 
 
 # -------------------------------------------------------------------------------------------------------- training
@@ -263,7 +303,7 @@ def train_model(cfg: Config, name: str, latents: dict, codecs: dict, factor: int
     dev = torch.device(device)
     model, source = build(cfg, name, factor, dev, root)
     eq = cfg.normals_eq_weight if name == "AF-YOSO" else 0.0
-    cond, target = latents[name]["cond"], latents[name]["target"]
+    cond, target, image = latents[name]["cond"], latents[name]["target"], latents[name]["image"]
     fp = dict(model=name, channels=cfg.normals_channels, steps=cfg.normals_steps, batch=cfg.normals_batch,
               lr=cfg.normals_lr, ema=cfg.normals_ema_decay, p_zero=cfg.normals_p_zero, train_t=cfg.normals_train_t,
               eq=eq, stop_grad=cfg.normals_stop_grad, cfa_detach=cfg.normals_cfa_detach, weight_decay=WEIGHT_DECAY,
@@ -271,20 +311,23 @@ def train_model(cfg: Config, name: str, latents: dict, codecs: dict, factor: int
               scenes=cfg.normals_train_scenes, size=cfg.normals_size, supersample=cfg.normals_supersample,
               light=cfg.normals_light_azimuth, elevation=cfg.normals_light_elevation, bumps=cfg.normals_bump_scale,
               albedo=cfg.normals_albedo_contrast, seed=cfg.seed, scale=round(codecs[name].scale, 6),
-              code=cfg.normals_code, target=cfg.normals_target, cond_init=cfg.normals_cond_init)
+              code=cfg.normals_code, target=cfg.normals_target, cond_init=cfg.normals_cond_init,
+              decoded=cfg.normals_decoded_weight)
     run_dir = prepare_run_dir(Path(root) / "checkpoints/normals" / MODELS[name], fp)
     seed = cfg.seed
 
     def get_batch(step):  # indices drawn on the CPU (as the stage always has: the batches stay the same)
         g = torch.Generator(device="cpu").manual_seed(seed * 100003 + step)
         i = torch.randint(0, len(cond), (cfg.normals_batch,), generator=g, device="cpu").to(dev)
-        return cond[i], target[i], torch.tensor(seed * 100003 + step, device=dev)
+        return cond[i], target[i], image[i], torch.tensor(seed * 100003 + step, device=dev)
 
     def loss_fn(m, batch, step):
-        c, tgt, s = batch
+        c, tgt, img, s = batch
         g = torch.Generator(device=dev).manual_seed(int(s) + 1)
         return NM.yoso_loss(m, c, tgt, g, p_zero=cfg.normals_p_zero, train_t=cfg.normals_train_t, eq_weight=eq,
-                            stop_grad=cfg.normals_stop_grad, cfa_detach=cfg.normals_cfa_detach)
+                            stop_grad=cfg.normals_stop_grad, cfa_detach=cfg.normals_cfa_detach,
+                            decoded_weight=cfg.normals_decoded_weight, decode=codecs[name].decode_grad,
+                            target_image=img)
 
     t0, c0 = time.perf_counter(), time.process_time()
     m, ema, hist = train_loop(model, loss_fn, get_batch, steps=cfg.normals_steps, lr=cfg.normals_lr,
@@ -512,9 +555,28 @@ def curve_rows(shift_res: dict, k_max: int) -> list:
     return curve
 
 
+def differences_from_reference(cfg: Config) -> list:
+    """Where this run's settings depart from the paper / its reference code, each with the reason (README)."""
+    out = ["procedural scenes with analytic normals, networks trained from scratch (the paper fine-tunes "
+           "(AF-)Stable Diffusion on real normal data)"]
+    if cfg.normals_code != "rgb":
+        out.append(f"normal code {cfg.normals_code!r} (the reference encodes the unit normal as RGB): the small VAEs "
+                   "reproduce RGB normals worse than flat normals")
+    if cfg.normals_target == "relative":
+        out.append("relative x0 target (the normal latent minus the flat normal's latent): a zero output is flat")
+    if cfg.normals_cond_init == "random":
+        out.append("random conditioning-conv init (the reference's is zero, to protect a pretrained U-Net)")
+    if cfg.normals_decoded_weight > 0:
+        out.append(f"loss = latent x0 MSE + {cfg.normals_decoded_weight:g} x MSE of the decoded normal-code image, "
+                   "both models (the reference trains on the latent MSE only): the AF-VAE's decoder turns the same "
+                   "latent error into a several times larger angular error, and latent-only training left AF-YOSO "
+                   "at the flat baseline")
+    return out
+
+
 def summarise(cfg: Config, factor: int, acc: dict, ceiling: dict, ceiling_by_code: dict, flat: dict, versus: list,
               table: list, diffs: list, train_seconds: dict, render_seconds: dict, stage_wall_s: float,
-              codecs: dict) -> dict:
+              codecs: dict, sensitivity: dict | None = None) -> dict:
     """The metrics dict of ``metrics/60_normals.json``; ``stage_wall_s``: wall seconds from the stage's start to
     here (everything but writing the outputs)."""
     S = cfg.normals_size
@@ -534,9 +596,11 @@ def summarise(cfg: Config, factor: int, acc: dict, ceiling: dict, ceiling_by_cod
                        "1..K; CFA anchored on the unshifted pass; flicker = std over the K+1 pan frames of the "
                        "per-frame mean angular error; WE = consecutive-frame warping error with the exact 1/4 px "
                        "flow; mean ± s.e. over test images; the paper reports no numbers for this task",
+        "differences": differences_from_reference(cfg),
         "accuracy": {n: {t: {k: mean_sem(v) for k, v in acc[n][t].items()} for t in TEXTURES} for n in MODELS},
         "vae_ceiling": {n: {t: {k: mean_sem(v) for k, v in ceiling[n][t].items()} for t in TEXTURES} for n in MODELS},
-        "vae_floor_by_code_smooth_mean_deg": ceiling_by_code,
+        "vae_ceiling_by_code_smooth_mean_deg": ceiling_by_code,
+        "decoder_sensitivity_smooth": sensitivity or {},
         "flat_baseline": {t: {k: mean_sem(v) for k, v in flat[t].items()} for t in TEXTURES},
         "accuracy_vs_references": versus,
         "shift": table,
@@ -587,6 +651,7 @@ def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     codecs, factor = loaded["codecs"], loaded["factor"]
     latents = encode_training(cfg, codecs, scenes_)
     ceiling, ceiling_by_code = vae_ceiling(cfg, codecs, scenes_["test"], dev)
+    sensitivity = decoder_sensitivity(cfg, codecs, scenes_["test"])
     trained = train_models(cfg, latents, codecs, factor, dev, out_dir)
     models = trained["models"]
     acc = accuracy(cfg, models, codecs, scenes_["test"], dev)
@@ -597,6 +662,6 @@ def run(cfg: Config, device: str = "auto", out_dir=".") -> dict:
     diffs = differences(shift_res, acc)
     versus = versus_references(acc, ceiling, flat)
     summary = summarise(cfg, factor, acc, ceiling, ceiling_by_code, flat, versus, table, diffs, trained["seconds"],
-                        scenes_["render_seconds"], time.perf_counter() - t0, codecs)
+                        scenes_["render_seconds"], time.perf_counter() - t0, codecs, sensitivity)
     return write_outputs(out_dir, summary, curve_rows(shift_res, cfg.normals_shift_steps), pans,
                          cfg.normals_shift_steps)

@@ -69,12 +69,13 @@ def _by_hand_alias_free(vae, resample: bool, nonlinearity: bool):
 @pytest.mark.parametrize("switches", [{"resample": True, "nonlinearity": False},
                                       {"resample": False, "nonlinearity": True}, {}])
 def test_switches_off_leave_outputs_unchanged_and_on_changes_them(switches):
-    """Off: bit-identical to the plain model. On: exactly the plain model with the switched parts replaced by their
+    """Off: the plain model's outputs (to float rounding: the two are separate module instances, whose kernels may
+    take other vector paths on another CPU). On: exactly the plain model with the switched parts replaced by their
     definitions (a change of any other kind, or in the wrong modules, fails), and that change is not small."""
     x = signal.ideal_lowpass(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1, 0.8)
     vanilla = tiny_vae()
     off = make_alias_free(copy.deepcopy(vanilla), resample=False, nonlinearity=False)
-    torch.testing.assert_close(_decode(off, x), _decode(vanilla, x), rtol=0, atol=0)
+    torch.testing.assert_close(_decode(off, x), _decode(vanilla, x), rtol=0, atol=1e-6)
     on = make_alias_free(copy.deepcopy(vanilla), **switches)
     expected_model = copy.deepcopy(vanilla)
     handles = _by_hand_alias_free(expected_model, switches.get("resample", True), switches.get("nonlinearity", True))
@@ -228,11 +229,12 @@ def test_conditional_models_patch_every_resampler_and_resnet_without_new_paramet
     assert resnets and all(isinstance(m.nonlinearity, layers.FilteredActivation) for m in resnets)
 
 
-def test_conditional_models_switches_off_are_bit_identical_and_on_changes_outputs():
+def test_conditional_models_switches_off_leave_outputs_unchanged_and_on_changes_outputs():
+    # "unchanged" to 1e-6: off and plain are separate module instances (see the test above); on changes by > 1e-3
     kw = _cond_inputs()
     unet = tiny_cond_unet()
     off = make_alias_free(copy.deepcopy(unet), resample=False, nonlinearity=False)
-    torch.testing.assert_close(_run_unet(off, **kw), _run_unet(unet, **kw), rtol=0, atol=0)
+    torch.testing.assert_close(_run_unet(off, **kw), _run_unet(unet, **kw), rtol=0, atol=1e-6)
     for switches in ({"resample": True, "nonlinearity": False}, {"resample": False, "nonlinearity": True}, {}):
         on = make_alias_free(copy.deepcopy(unet), **switches)
         assert (_run_unet(on, **kw) - _run_unet(unet, **kw)).abs().max() > 1e-3, switches
@@ -240,14 +242,14 @@ def test_conditional_models_switches_off_are_bit_identical_and_on_changes_output
     ckw = dict(kw, controlnet_cond=_cond_image())
     off = make_alias_free(copy.deepcopy(net), resample=False, nonlinearity=False)
     for a, b in zip(_run_controlnet(off, **ckw), _run_controlnet(net, **ckw)):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     on = make_alias_free(copy.deepcopy(net))
     diffs = [(a - b).abs().max() for a, b in zip(_run_controlnet(on, **ckw), _run_controlnet(net, **ckw))]
     assert max(diffs) > 1e-3
     # the pixel-space conditioning embedding is deliberately left plain (see afcore.surgery's docstring)
     with torch.no_grad():
         torch.testing.assert_close(on.controlnet_cond_embedding(ckw["controlnet_cond"]),
-                                   net.controlnet_cond_embedding(ckw["controlnet_cond"]), rtol=0, atol=0)
+                                   net.controlnet_cond_embedding(ckw["controlnet_cond"]), rtol=0, atol=1e-6)
 
 
 def test_patched_controlnet_drives_patched_conditional_unet_end_to_end():

@@ -371,7 +371,7 @@ def summarise_shift_rows(shift_res: dict, sweep: list) -> dict:
 
 def matched_band_markdown(shift_rows: dict) -> str:
     """Image SPSNR per row, raw and at each matched cutoff: mean +- s.e.m. over images."""
-    parts = ("image",) + tuple(matched_part(c) for c in MATCHED_CUTOFFS)
+    parts = SHIFT_PARTS[1:]  # "image" and its matched-band versions
     head = "| row | image SPSNR, raw | " + " | ".join(f"low-passed at {c:g} Nyquist" for c in MATCHED_CUTOFFS) + " |"
     lines = [head, "|---" * (len(parts) + 1) + "|"]
     for row, r in shift_rows.items():

@@ -236,8 +236,8 @@ def vae_ceiling(cfg: Config, codecs: dict, test: dict, device) -> tuple[dict, di
 
 def _split_frequencies(z: torch.Tensor, cutoff: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
     """(low, high): ``z`` split by a Fourier mask at ``cutoff`` cycles per latent pixel per axis (low + high = z)."""
-    f = torch.fft.fftfreq(z.shape[-1], device=z.device).abs()
-    mask = ((f[:, None] <= cutoff) & (f[None, :] <= cutoff)).to(z.dtype)
+    fy, fx = (torch.fft.fftfreq(n, device=z.device).abs() for n in z.shape[-2:])
+    mask = ((fy[:, None] <= cutoff) & (fx[None, :] <= cutoff)).to(z.dtype)
     low = torch.fft.ifft2(torch.fft.fft2(z) * mask).real
     return low, z - low
 
